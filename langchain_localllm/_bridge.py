@@ -1,0 +1,157 @@
+"""Thread bridges shared by every backend: blocking generation, consumed sync or async.
+
+Local backends generate in blocking native calls. Two bridges cover every case:
+
+* :func:`iterate_in_thread` runs a blocking *producer* (e.g. transformers'
+  ``generate`` pushing tokens into a streamer) in a worker thread and yields what it
+  emits to the calling thread.
+* :func:`aiterate_in_thread` runs a blocking *iterator* (any ``_stream``) in a worker
+  thread and yields its items to an asyncio consumer, so the event loop never blocks.
+
+In both, a consumer that stops early (``break``, ``aclose()``, task cancellation)
+sets a :class:`threading.Event` that the producer checks between tokens, and the
+worker thread is always joined before the bridge returns: no thread outlives the
+call, and an exception raised in the worker reaches the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["Cancelled", "aiterate_in_thread", "iterate_in_thread"]
+
+T = TypeVar("T")
+
+_DONE = object()
+
+
+class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside a producer's ``emit`` once the consumer has gone away."""
+
+
+class _Failure(Generic[T]):
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def iterate_in_thread(
+    producer: Callable[[Callable[[T], None], threading.Event], None],
+    *,
+    name: str = "langchain-localllm-producer",
+) -> Iterator[T]:
+    """Run ``producer(emit, cancel)`` in a worker thread and yield what it emits.
+
+    ``emit(item)`` hands an item to the consumer; after the consumer has stopped it
+    raises :class:`Cancelled`, and ``cancel`` is set, so the producer can also poll
+    it (e.g. from a stopping criterion). The thread is joined when this generator
+    finishes or is closed; an exception raised by the producer is re-raised here.
+    """
+    items: queue.SimpleQueue[object] = queue.SimpleQueue()
+    cancel = threading.Event()
+
+    def emit(item: T) -> None:
+        if cancel.is_set():
+            raise Cancelled
+        items.put(item)
+
+    def run() -> None:
+        try:
+            producer(emit, cancel)
+        except Cancelled:
+            pass
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer below
+            items.put(_Failure(e))
+        finally:
+            items.put(_DONE)
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        cancel.set()
+        worker.join()
+
+
+async def aiterate_in_thread(  # noqa: C901 - one bridge, kept in one place
+    make_iterator: Callable[[threading.Event], Iterator[T]],
+    *,
+    name: str = "langchain-localllm-async",
+) -> AsyncGenerator[T, None]:
+    """Consume a blocking iterator from asyncio without blocking the event loop.
+
+    ``make_iterator(cancel)`` is called in a worker thread and iterated there; items
+    are handed to the loop with ``call_soon_threadsafe``. When the consumer stops
+    early or is cancelled, ``cancel`` is set, the iterator is closed after its current
+    item (so generation stops within a token or two and releases the model), and the
+    worker thread is awaited before this generator returns.
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[object] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed under us
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+    def run() -> None:
+        try:
+            iterator = make_iterator(cancel)
+            try:
+                for item in iterator:
+                    if cancel.is_set():
+                        break
+                    put(item)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer below
+            put(_Failure(e))
+        finally:
+            put(_DONE)
+
+    finished = loop.create_future()
+
+    def run_and_signal() -> None:
+        try:
+            run()
+        finally:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, finished)
+
+    worker = threading.Thread(target=run_and_signal, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = await items.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        cancel.set()
+        # Wait for the worker without blocking the loop; shield so a second
+        # cancellation cannot leave the thread running unobserved.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(finished)
+        worker.join()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,417 @@
+"""``LocalGGMLLLM``: a LangChain LLM over a local GGUF model, run by llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LangSmithParams
+from langchain_core.language_models.llms import LLM
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from langchain_localllm._bridge import aiterate_in_thread
+from langchain_localllm._llamacpp import LlamaModel, Piece, Sampling, generate_pieces, llama_cpp_module, tokenize_prompt
+from langchain_localllm._llamacpp_base import LlamaCppLoadMixin
+from langchain_localllm._stop import merge_stops
+from langchain_localllm._template import render_chat_template
+
+__all__ = ["LocalGGMLLLM"]
+
+logger = logging.getLogger("langchain_localllm")
+
+_CALL_OPTIONS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "max_tokens",
+        "grammar",
+        "json_schema",
+        "logprobs",
+    }
+)
+
+# Call-time options obey the same bounds as the fields: (minimum, maximum, minimum is exclusive).
+_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "temperature": (0.0, None, False),
+    "top_p": (0.0, 1.0, False),
+    "top_k": (0, None, False),
+    "min_p": (0.0, 1.0, False),
+    "repeat_penalty": (0.0, None, True),
+    "max_tokens": (1, None, False),
+    "seed": (0, None, False),
+    "logprobs": (0, None, False),
+}
+
+
+def _check_bounds(kwargs: Mapping[str, Any]) -> None:
+    for name, value in kwargs.items():
+        if value is None or name not in _BOUNDS:
+            continue
+        low, high, exclusive = _BOUNDS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            msg = f"{name} must be a number, got {value!r}"
+            raise TypeError(msg)
+        if value < low or (exclusive and value == low) or (high is not None and value > high):
+            bound = f"> {low}" if exclusive else f">= {low}" + (f" and <= {high}" if high is not None else "")
+            msg = f"{name} must be {bound}, got {value!r}"
+            raise ValueError(msg)
+
+
+class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
+    """A LangChain LLM over a local GGUF model run by llama.cpp (llama-cpp-python).
+
+    The weights load on first use (or with ``load_on_init=True``) into a
+    process-wide cache shared by every instance with the same file and load
+    settings; calls never reload. By default the prompt is wrapped in the model's
+    own chat template (``prompt_format="auto"``) and only generated text is returned.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install "langchain-localllm[llamacpp]"
+
+    Example:
+        .. code-block:: python
+
+            from langchain_localllm import LocalGGMLLLM
+
+            llm = LocalGGMLLLM(model_path="models/qwen2.5-0.5b-instruct-q8_0.gguf", temperature=0)
+            print(llm.invoke("Rose is which type of flower?"))
+            for chunk in llm.stream("Tell me a short story about a rose."):
+                print(chunk, end="", flush=True)
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    prompt_format: str = "auto"
+    """How the prompt becomes model input. ``"auto"``: rendered as one user message with
+    the GGUF's own chat template (raw if the file has none); ``"raw"``: as given; or a
+    format string containing ``{prompt}``, e.g. ``"Q: {prompt} A: "``. Default: "auto"."""
+
+    system_prompt: str | None = None
+    """System message placed before the prompt in ``"auto"`` format. Default: None
+    (the template's own default, if it has one)."""
+
+    temperature: float = Field(default=0.8, ge=0.0)
+    """Sampling temperature; 0 is greedy (deterministic). Default: 0.8 (llama.cpp's)."""
+
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
+    """Nucleus sampling threshold. Default: 0.95."""
+
+    top_k: int = Field(default=40, ge=0)
+    """Sample among the k most likely tokens; 0 disables. Default: 40."""
+
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Drop tokens below this fraction of the best token's probability. Default: 0.05."""
+
+    repeat_penalty: float = Field(default=1.0, gt=0.0)
+    """Penalty for repeating recent tokens; 1.0 disables. Default: 1.0."""
+
+    frequency_penalty: float = 0.0
+    """OpenAI-style frequency penalty. Default: 0.0."""
+
+    presence_penalty: float = 0.0
+    """OpenAI-style presence penalty. Default: 0.0."""
+
+    max_tokens: int | None = Field(default=256, ge=1)
+    """Most tokens to generate; None = until end of turn or the context is full. Default: 256."""
+
+    seed: int | None = Field(default=None, ge=0)
+    """Sampling seed for reproducible non-greedy output. Default: None (random per call)."""
+
+    stop: list[str] | None = None
+    """Stop strings, merged with those given per call; never part of the output. Default: None."""
+
+    logprobs: int | None = Field(default=None, ge=0)
+    """Return each token's log-probability and this many top alternatives in
+    ``generation_info["logprobs"]``. Loads the model with ``logits_all`` (a separate cache
+    entry). Default: None (off)."""
+
+    grammar: str | None = None
+    """A GBNF grammar that constrains the output. Default: None."""
+
+    json_schema: dict[str, Any] | None = None
+    """A JSON schema the output must match (converted to a GBNF grammar). Default: None."""
+
+    _warned_no_template: bool = PrivateAttr(default=False)
+    _schema_grammars: dict[str, str] = PrivateAttr(default_factory=dict)
+    _schema_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _check_prompt_format(cls, value: str) -> str:
+        if value not in {"auto", "raw"} and "{prompt}" not in value:
+            msg = f"prompt_format must be 'auto', 'raw' or a format string containing '{{prompt}}', got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _check_options(self) -> LocalGGMLLLM:
+        if self.grammar is not None and self.json_schema is not None:
+            msg = "give grammar or json_schema, not both"
+            raise ValueError(msg)
+        if self.load_on_init:
+            self.load()
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "local-gguf-llamacpp"
+
+    @property
+    def _identifying_params(self) -> Mapping[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "repo_id": self.repo_id,
+            "filename": self.filename,
+            "revision": self.revision,
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": self.n_gpu_layers,
+            "prompt_format": self.prompt_format,
+            "system_prompt": self.system_prompt,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": self.stop,
+            "grammar": self.grammar,
+            "json_schema": self.json_schema,
+        }
+
+    def _model_name(self) -> str:
+        if self.repo_id is not None:
+            return f"{self.repo_id}/{self.filename}"
+        name = (self.model_path or "").replace("\\", "/").rsplit("/", 1)[-1]
+        return name.removesuffix(".gguf")
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="llamacpp",
+            ls_model_name=self._model_name(),
+            ls_model_type="llm",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stops = merge_stops(self.stop, stop)
+        if stops:
+            params["ls_stop"] = stops
+        return params
+
+    def _needs_logits_all(self) -> bool:
+        return self.logprobs is not None
+
+    # -- prompt -------------------------------------------------------------------
+
+    def _format_prompt(self, model: LlamaModel, prompt: str) -> str:
+        if self.prompt_format == "raw":
+            return prompt
+        if self.prompt_format != "auto":
+            return self.prompt_format.replace("{prompt}", prompt)
+        template = model.info.chat_template
+        if not template:
+            if not self._warned_no_template:
+                self._warned_no_template = True
+                logger.info(
+                    "%s has no chat template (tokenizer.chat_template); prompt_format='auto' "
+                    "sends prompts raw. Set prompt_format to silence this.",
+                    model.info.path,
+                )
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return render_chat_template(
+            template, messages, add_generation_prompt=True, bos_token=model.bos_text, eos_token=model.eos_text
+        )
+
+    def get_num_tokens(self, text: str) -> int:
+        """Count the tokens of ``text`` with the model's own tokenizer (loads the model)."""
+        with self._use_model() as entry:
+            return len(entry.model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    # -- generation ---------------------------------------------------------------
+
+    def _sampling(self, kwargs: dict[str, Any]) -> Sampling:
+        unknown = set(kwargs) - _CALL_OPTIONS
+        if unknown:
+            msg = f"unknown call options {sorted(unknown)}; supported: {sorted(_CALL_OPTIONS)}"
+            raise TypeError(msg)
+        _check_bounds(kwargs)
+        opts = {name: kwargs.get(name, getattr(self, name)) for name in _CALL_OPTIONS}
+        grammar = opts["grammar"]
+        if opts["json_schema"] is not None:
+            if grammar is not None:
+                msg = "give grammar or json_schema, not both"
+                raise ValueError(msg)
+            grammar = self._schema_to_grammar(opts["json_schema"])
+        return Sampling(
+            temperature=opts["temperature"],
+            top_p=opts["top_p"],
+            top_k=opts["top_k"],
+            min_p=opts["min_p"],
+            repeat_penalty=opts["repeat_penalty"],
+            frequency_penalty=opts["frequency_penalty"],
+            presence_penalty=opts["presence_penalty"],
+            seed=opts["seed"],
+            max_tokens=opts["max_tokens"],
+            grammar=grammar,
+            logprobs=opts["logprobs"],
+        )
+
+    def _schema_to_grammar(self, schema: dict[str, Any]) -> str:
+        key = json.dumps(schema, sort_keys=True)
+        with self._schema_lock:
+            if key not in self._schema_grammars:
+                llama_cpp_module()  # names the extra if llama-cpp-python is missing
+                from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415
+
+                self._schema_grammars[key] = json_schema_to_gbnf(key)
+            return self._schema_grammars[key]
+
+    def _pieces(
+        self, prompt: str, stop: list[str] | None, cancel: threading.Event | None, kwargs: dict[str, Any]
+    ) -> Iterator[Piece]:
+        sampling = self._sampling(kwargs)
+        stops = merge_stops(self.stop, stop)
+        with self._use_model() as entry:
+            model = entry.model
+            tokens = tokenize_prompt(model, self._format_prompt(model, prompt))
+            yield from generate_pieces(model, tokens, sampling, stops, cancel)
+
+    @staticmethod
+    def _chunk(piece: Piece) -> GenerationChunk:
+        info: dict[str, Any] | None = None
+        if piece.info is not None or piece.logprobs is not None:
+            info = dict(piece.info or {})
+            if piece.logprobs is not None:
+                info["logprobs"] = piece.logprobs
+        return GenerationChunk(text=piece.text, generation_info=info)
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        for piece in self._pieces(prompt, stop, None, kwargs):
+            chunk = self._chunk(piece)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        pieces = aiterate_in_thread(lambda cancel: self._pieces(prompt, stop, cancel, kwargs))
+        try:
+            async for piece in pieces:
+                chunk = self._chunk(piece)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            await pieces.aclose()
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            acc = _Aggregate()
+            for chunk in self._stream(prompt, stop, run_manager, **kwargs):
+                acc.add(chunk)
+            generations.append([acc.generation()])
+        return self._result(generations)
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            acc = _Aggregate()
+            async for chunk in self._astream(prompt, stop, run_manager, **kwargs):
+                acc.add(chunk)
+            generations.append([acc.generation()])
+        return self._result(generations)
+
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return self._generate([prompt], stop, run_manager, **kwargs).generations[0][0].text
+
+    async def _acall(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        result = await self._agenerate([prompt], stop, run_manager, **kwargs)
+        return result.generations[0][0].text
+
+    def _result(self, generations: list[list[Generation]]) -> LLMResult:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for (generation,) in generations:
+            info = generation.generation_info or {}
+            for key in usage:
+                usage[key] += int(info.get(key, 0))
+        return LLMResult(generations=generations, llm_output={"token_usage": usage, "model_name": self._model_name()})
+
+
+class _Aggregate:
+    """Joins streamed chunks into one generation (linear, unlike repeated ``+``)."""
+
+    __slots__ = ("info", "logprobs", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.info: dict[str, Any] = {}
+        self.logprobs: list[Any] = []
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.texts.append(chunk.text)
+        if chunk.generation_info:
+            for key, value in chunk.generation_info.items():
+                if key == "logprobs":
+                    self.logprobs.extend(value)
+                else:
+                    self.info[key] = value
+
+    def generation(self) -> Generation:
+        info = dict(self.info)
+        if self.logprobs:
+            info["logprobs"] = self.logprobs
+        return Generation(text="".join(self.texts), generation_info=info or None)
