@@ -1,0 +1,116 @@
+"""Prompt tokenization and formatting rules of the llama.cpp backend, on a fake tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from langchain_localllm import LocalGGMLLLM
+from langchain_localllm._gguf import GGUFInfo
+from langchain_localllm._llamacpp import LlamaModel, LoadSettings, tokenize_prompt
+
+BOS = 1
+
+
+class FakeLlama:
+    """Tokenizes one token per character; '<s>' is the BOS token."""
+
+    def tokenize(self, data: bytes, *, add_bos: bool, special: bool) -> list[int]:
+        assert add_bos is False  # the package adds BOS itself, once
+        text = data.decode()
+        ids: list[int] = []
+        if special and text.startswith("<s>"):
+            ids.append(BOS)
+            text = text[3:]
+        ids.extend(100 + ord(c) for c in text)
+        return ids
+
+
+def fake_model(*, add_bos: bool, template: str | None = None) -> LlamaModel:
+    info = GGUFInfo(
+        path=Path("fake.gguf"),
+        architecture="llama",
+        name=None,
+        context_length=64,
+        chat_template=template,
+        bos_token_id=BOS,
+        eos_token_id=2,
+        add_bos_token=add_bos,
+        tensor_count=0,
+    )
+    return LlamaModel(
+        llama=FakeLlama(),
+        info=info,
+        n_ctx=64,
+        pieces=[],
+        eog_ids=frozenset({2}),
+        bos_id=BOS,
+        add_bos=add_bos,
+        bos_text="<s>",
+        eos_text="</s>",
+    )
+
+
+def test_bos_added_when_the_model_wants_it() -> None:
+    assert tokenize_prompt(fake_model(add_bos=True), "hi") == [BOS, 100 + ord("h"), 100 + ord("i")]
+
+
+def test_no_double_bos_when_the_template_rendered_it() -> None:
+    assert tokenize_prompt(fake_model(add_bos=True), "<s>hi").count(BOS) == 1
+
+
+def test_no_bos_when_the_model_does_not_want_it() -> None:
+    assert BOS not in tokenize_prompt(fake_model(add_bos=False), "hi")
+
+
+LLAMA2_LIKE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}<<SYS>>{{ m['content'] }}<</SYS>>"
+    "{% elif m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, "<s>[INST] 玫瑰? [/INST]"),
+        ({"system_prompt": "Be brief."}, "<s><<SYS>>Be brief.<</SYS>>[INST] 玫瑰? [/INST]"),
+        ({"prompt_format": "raw"}, "玫瑰?"),
+        ({"prompt_format": "Q: {prompt} A: "}, "Q: 玫瑰? A: "),
+    ],
+)
+def test_prompt_formats(kwargs: dict[str, Any], expected: str) -> None:
+    llm = LocalGGMLLLM(model_path="fake.gguf", **kwargs)
+    assert llm._format_prompt(fake_model(add_bos=True, template=LLAMA2_LIKE), "玫瑰?") == expected
+
+
+def test_braces_in_the_prompt_survive_a_format_string() -> None:
+    llm = LocalGGMLLLM(model_path="fake.gguf", prompt_format="Q: {prompt} A:")
+    assert llm._format_prompt(fake_model(add_bos=False), '{"a": 1}') == 'Q: {"a": 1} A:'
+
+
+def test_auto_without_template_falls_back_to_raw_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="langchain_localllm")
+    llm = LocalGGMLLLM(model_path="fake.gguf")
+    model = fake_model(add_bos=False, template=None)
+    assert llm._format_prompt(model, "hi") == "hi"
+    assert llm._format_prompt(model, "hi") == "hi"
+    assert sum("no chat template" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_load_settings_pass_only_what_was_set() -> None:
+    kwargs = LoadSettings().llama_kwargs(n_ctx=2048)
+    assert kwargs["n_ctx"] == 2048
+    assert kwargs["n_batch"] == 512
+    for unset in ("rope_freq_base", "rope_freq_scale", "rope_scaling_type", "flash_attn", "n_threads", "type_k"):
+        assert unset not in kwargs
+    assert LoadSettings(rope_freq_base=1e6, flash_attn=True).llama_kwargs(8)["rope_freq_base"] == 1e6
+
+
+def test_sampling_options_are_not_part_of_the_cache_key() -> None:
+    a = LocalGGMLLLM(model_path="x.gguf", temperature=0.1, top_k=3, seed=1)._load_settings()
+    b = LocalGGMLLLM(model_path="x.gguf", temperature=0.9, max_tokens=7)._load_settings()
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != LocalGGMLLLM(model_path="x.gguf", n_ctx=128)._load_settings()
