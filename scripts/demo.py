@@ -39,7 +39,7 @@ class PrintTokens(BaseCallbackHandler):
     def __init__(self) -> None:
         self.count = 0
 
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:  # noqa: ARG002
         self.count += 1
         sys.stdout.write(token)
         sys.stdout.flush()

@@ -433,7 +433,7 @@ def test_bad_files_are_clear_errors_not_crashes(name: str) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="missing.gguf"):
+    with pytest.raises(ModelNotFoundError, match=r"missing\.gguf"):
         LocalGGMLLLM(model_path=str(tmp_path / "missing.gguf")).invoke("hi")
 
 
