@@ -86,7 +86,7 @@ def iterate_in_thread(
         worker.join()
 
 
-async def aiterate_in_thread(  # noqa: C901 - one bridge, kept in one place
+async def aiterate_in_thread(  # noqa: C901, PLR0915 - one bridge, kept in one place
     make_iterator: Callable[[threading.Event], Iterator[T]],
     *,
     name: str = "langchain-localllm-async",
@@ -98,10 +98,20 @@ async def aiterate_in_thread(  # noqa: C901 - one bridge, kept in one place
     early or is cancelled, ``cancel`` is set, the iterator is closed after its current
     item (so generation stops within a token or two and releases the model), and the
     worker thread is awaited before this generator returns.
+
+    A consumer task that is cancelled while this generator is suspended at ``yield``
+    leaves it unclosed until garbage collection (and a traceback can keep it alive).
+    The worker therefore also stops as soon as the task that last pulled an item is
+    done, so an abandoned stream never keeps generating.
     """
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[object] = asyncio.Queue()
     cancel = threading.Event()
+    consumer: list[asyncio.Task[object] | None] = [asyncio.current_task()]
+
+    def abandoned() -> bool:
+        task = consumer[0]
+        return cancel.is_set() or (task is not None and task.done())
 
     def put(item: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed under us
@@ -112,7 +122,8 @@ async def aiterate_in_thread(  # noqa: C901 - one bridge, kept in one place
             iterator = make_iterator(cancel)
             try:
                 for item in iterator:
-                    if cancel.is_set():
+                    if abandoned():
+                        cancel.set()
                         break
                     put(item)
             finally:
@@ -137,6 +148,7 @@ async def aiterate_in_thread(  # noqa: C901 - one bridge, kept in one place
     worker.start()
     try:
         while True:
+            consumer[0] = asyncio.current_task()
             item = await items.get()
             if item is _DONE:
                 break

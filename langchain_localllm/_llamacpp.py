@@ -46,8 +46,9 @@ native_logger = logging.getLogger("langchain_localllm.llama_cpp")
 DEFAULT_N_CTX_CAP = 4096
 """``n_ctx`` defaults to the model's trained context, capped at this many tokens."""
 
-# ggml_log_level: NONE=0, INFO=1, WARN=2, ERROR=3, DEBUG=4, CONT=5 (continue previous)
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml.h: enum ggml_log_level { NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues
+# the previous line) }. (llama-cpp-python's own _logger.py maps an older numbering.)
+_GGML_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _log_state: dict[str, Any] = {"installed": False, "last_level": logging.DEBUG, "callback": None}
 _log_lock = threading.Lock()
 
@@ -197,7 +198,9 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
     return LlamaModel(
         llama=llama,
         info=info,
-        n_ctx=llama.n_ctx(),
+        # llama.cpp may round the context up; llama-cpp-python's token arrays keep the
+        # requested size, so the smaller of the two is the real limit.
+        n_ctx=min(n_ctx, llama.n_ctx()),
         pieces=pieces,
         eog_ids=eog,
         bos_id=bos if bos >= 0 else None,

@@ -18,8 +18,9 @@ BAD = MODELS / "bad"
 
 @dataclass(frozen=True)
 class ChatExample:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     answer: str
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def system(self) -> str | None:
@@ -28,7 +29,7 @@ class ChatExample:
     @property
     def single_turn(self) -> bool:
         roles = [m["role"] for m in self.messages]
-        return roles in (["user"], ["system", "user"])
+        return self.tools is None and roles in (["user"], ["system", "user"])
 
     @property
     def user(self) -> str:
@@ -51,7 +52,7 @@ def load_corpus() -> tuple[list[ChatExample], list[CompletionExample]]:
         if "messages" in row:
             *history, last = row["messages"]
             assert last["role"] == "assistant"
-            chats.append(ChatExample(history, last["content"]))
+            chats.append(ChatExample(history, last["content"], row.get("tools")))
         else:
             completions.append(CompletionExample(row["prompt"], row["completion"]))
     return chats, completions

@@ -41,6 +41,20 @@ def bridge_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("langchain-localllm")]
 
 
+async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:
+    """True once no worker thread is left.
+
+    An abandoned async generator is closed by the event loop's finalizer hook a loop
+    iteration or two after it is dropped, so allow a moment; a worker that kept
+    generating would still be alive after seconds of a never-ending grammar.
+    """
+    for _ in range(int(seconds / 0.01)):
+        if not bridge_threads():
+            return True
+        await asyncio.sleep(0.01)
+    return not bridge_threads()
+
+
 # -- exact answers ---------------------------------------------------------------------
 
 
@@ -270,7 +284,11 @@ async def test_astream_does_not_block_the_event_loop(gguf_path: Path) -> None:
 
 
 async def test_early_break_and_cancel_stop_generation_and_free_the_model(gguf_path: Path) -> None:
-    llm = LocalGGMLLLM(model_path=str(gguf_path), temperature=0.9, seed=1, max_tokens=None, prompt_format="raw")
+    # A grammar that never completes forbids end-of-text: a stream that only a full
+    # context would end, to interrupt.
+    llm = LocalGGMLLLM(
+        model_path=str(gguf_path), temperature=0, max_tokens=None, prompt_format="raw", grammar='root ::= "rose " root'
+    )
     n = 0
     gen = llm.astream("Once upon a time")
     async for _ in gen:
@@ -278,18 +296,29 @@ async def test_early_break_and_cancel_stop_generation_and_free_the_model(gguf_pa
         if n == 2:
             break
     await gen.aclose()
-    assert bridge_threads() == []
+    assert await no_bridge_threads_soon()
+    with llm._use_model() as entry:  # how far generation got: the grammar never ends it
+        assert entry.model.llama.n_tokens < 500, "generation ran on after the consumer left"
+
+    streamed: list[str] = []
+    started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in llm.astream("Once upon a time"):
+        async for chunk in llm.astream("Once upon a time"):
+            streamed.append(chunk)
+            if len(streamed) == 3:
+                started.set()
             await asyncio.sleep(0)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(started.wait(), 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert bridge_threads() == []
+    assert await no_bridge_threads_soon()
+    with llm._use_model() as entry:
+        assert entry.model.llama.n_tokens < 500, "generation ran on after the task was cancelled"
+    assert 0 < len(streamed) < 1000  # it was streaming, and stopped long before the context filled
     # the model is free and its state is sound: the next call gives the exact answer
     greedy = LocalGGMLLLM(model_path=str(gguf_path), temperature=0)
     assert await greedy.ainvoke(ROSE_Q) == chat_answer(ROSE_Q)
@@ -451,3 +480,13 @@ def test_generation_stops_when_the_context_is_full(gguf_path: Path) -> None:
     gen = llm.generate(["1, 2, 3,"]).generations[0][0]
     info = gen.generation_info or {}
     assert info["total_tokens"] <= 48
+
+
+def test_threads_racing_for_a_cold_model_load_it_once(gguf_path: Path) -> None:
+    clear_model_cache()
+    before = model_cache_info().loads
+    llm = LocalGGMLLLM(model_path=str(gguf_path), temperature=0)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(llm.invoke, [ROSE_Q] * 4))
+    assert outs == [chat_answer(ROSE_Q)] * 4
+    assert model_cache_info().loads == before + 1
