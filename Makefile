@@ -43,7 +43,8 @@ type: venv
 	$(VENV)/bin/mypy --strict langchain_localllm
 
 bench: venv
-	@echo "make bench: the benchmark suite arrives with issue #5 (scripts/bench/)."
+	$(PIP) install --quiet -e ".[all,dev,bench]" "$(TORCH_PIN)"
+	$(PY) scripts/bench/run.py --update-docs $(ARGS)
 
 fixtures: venv
 	$(PY) scripts/train_tiny_model.py
