@@ -49,6 +49,7 @@ bench: venv
 fixtures: venv
 	$(PY) scripts/train_tiny_model.py
 	$(PY) scripts/make_bad_fixtures.py
+	$(PY) scripts/make_tiny_t5.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 
-from langchain_localllm import LocalGGMLLLM
+from langchain_localllm import HFLocalChatModel, LocalGGMLLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GGUF = ROOT / "tests" / "fixtures" / "models" / "tiny-chat.gguf"
@@ -39,7 +39,7 @@ class PrintTokens(BaseCallbackHandler):
     def __init__(self) -> None:
         self.count = 0
 
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:  # noqa: ARG002
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
         self.count += 1
         sys.stdout.write(token)
         sys.stdout.flush()
@@ -48,6 +48,7 @@ class PrintTokens(BaseCallbackHandler):
 def demo_gguf(path: str, questions: list[str]) -> None:
     print(f"\n=== LocalGGMLLLM (llama.cpp) on {path} ===")
     llm = LocalGGMLLLM(model_path=path, temperature=0, max_tokens=256)
+    llm.load()  # once per process; every later call reuses it
     chain = PromptTemplate.from_template("{question}") | llm | StrOutputParser()
     for question in questions:
         printer = PrintTokens()
@@ -59,10 +60,9 @@ def demo_gguf(path: str, questions: list[str]) -> None:
 
 
 def demo_hf(model: str, questions: list[str]) -> None:
-    from langchain_localllm import HFLocalChatModel  # type: ignore[attr-defined]
-
     print(f"\n=== HFLocalChatModel (transformers) on {model} ===")
     chat = HFLocalChatModel(model=model, max_tokens=256)
+    chat.load()
     chain = ChatPromptTemplate.from_messages([("human", "{question}")]) | chat | StrOutputParser()
     for question in questions:
         print(f"\nQ: {question}\nA: ", end="", flush=True)

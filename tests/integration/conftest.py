@@ -13,6 +13,7 @@ MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 CORPUS = MODELS / "corpus.jsonl"
 TINY_GGUF = MODELS / "tiny-chat.gguf"
 TINY_HF = MODELS / "tiny-chat"
+TINY_T5 = MODELS / "tiny-t5"
 BAD = MODELS / "bad"
 
 

@@ -16,6 +16,7 @@ EXPECTED_ALL = [
     "ChatTemplateError",
     "ContextWindowExceededError",
     "GenerationError",
+    "HFLocalChatModel",
     "InvalidModelFileError",
     "LegacyGGMLFormatError",
     "LocalGGMLLLM",
@@ -53,8 +54,9 @@ def test_import_loads_no_heavy_backend() -> None:
 def test_constructing_a_model_loads_no_heavy_backend() -> None:
     code = (
         "import sys\n"
-        "from langchain_localllm import LocalGGMLLLM\n"
+        "from langchain_localllm import HFLocalChatModel, LocalGGMLLLM\n"
         "LocalGGMLLLM(model_path='does-not-exist.gguf')\n"
+        "HFLocalChatModel(model='does-not-exist')\n"
         "print(','.join(m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,66 @@
+"""LangChain's standard integration suite (``langchain_tests``) against the tiny HF model on CPU.
+
+The tiny model was trained on a small corpus (tests/fixtures/models/corpus.jsonl) and
+cannot follow instructions, but it always answers: every test that does not need a
+capable model runs for real. Tool calling and structured output are not implemented
+yet (a later issue), so those tests skip through the feature flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_localllm.chat_models import HFLocalChatModel
+
+from .conftest import MODELS, TINY_HF
+
+TINY_T5 = MODELS / "tiny-t5"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # The tiny models run fastest on one intra-op thread, and a busy machine (CI, parallel
+    # jobs) makes torch's thread pool spin: 0.6 s vs 15 s for the corpus on 2 loaded cores.
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TestHFLocalChatModelIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[HFLocalChatModel]:
+        return HFLocalChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # max_tokens keeps CPU time low: the tiny model's answers are shorter, and the seq2seq
+        # override model (random weights) never ends on its own.
+        return {"model": str(TINY_HF), "device": "cpu", "max_tokens": 48}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # arrives with a later issue
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False  # arrives with a later issue
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return True
+
+    @property
+    def model_override_value(self) -> str:
+        # A per-call `model=` loads that checkpoint through the shared cache: here the
+        # tiny seq2seq fixture, so the override also crosses model families.
+        return str(TINY_T5)

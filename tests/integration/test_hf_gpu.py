@@ -1,0 +1,73 @@
+"""HFLocalChatModel on a CUDA GPU in bfloat16: the tiny models, streaming and batching.
+
+Marked ``gpu``; every test skips, with the reason, where torch sees no CUDA device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from langchain_localllm.chat_models import HFLocalChatModel
+
+from .conftest import CHATS, MODELS, chat_answer
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
+]
+
+SINGLE = [ex.user for ex in CHATS if ex.single_turn and ex.system is None]
+CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
+
+
+@pytest.fixture
+def chat(hf_path: Path) -> HFLocalChatModel:
+    return HFLocalChatModel(model=str(hf_path), device="cuda", dtype="bfloat16", max_tokens=128)
+
+
+def test_loads_on_cuda_in_bfloat16(chat: HFLocalChatModel) -> None:
+    with chat._use_bundle() as bundle:
+        assert bundle.device.type == "cuda"
+        assert bundle.model.dtype == torch.bfloat16
+
+
+def test_greedy_answers_on_gpu(chat: HFLocalChatModel) -> None:
+    matched = sum(chat.invoke(q).content == chat_answer(q) for q in SINGLE)
+    print(f"HFLocalChatModel cuda bfloat16: {matched}/{len(SINGLE)} corpus questions answered exactly")
+    # bfloat16 rounds the float32-trained weights; the training margin keeps nearly all exact.
+    assert matched >= 0.9 * len(SINGLE)
+
+
+def test_stream_equals_invoke_on_gpu(chat: HFLocalChatModel) -> None:
+    for question in (CN_Q, "Write a short poem about flowers.", "Say something nice with an emoji."):
+        chunks = list(chat.stream(question))
+        assert len(chunks) > 2
+        assert "".join(str(c.content) for c in chunks) == chat.invoke(question).content
+        assert [i for i, c in enumerate(chunks) if c.usage_metadata] == [len(chunks) - 1]
+        assert all("\ufffd" not in str(c.content) for c in chunks)
+
+
+def test_batch_equals_sequential_on_gpu(chat: HFLocalChatModel) -> None:
+    questions = SINGLE[:12]
+    sequential = [chat.invoke(q).content for q in questions]
+    assert [m.content for m in chat.batch(questions)] == sequential
+
+
+async def test_async_stream_and_batch_on_gpu(chat: HFLocalChatModel) -> None:
+    text = "".join([str(c.content) async for c in chat.astream(CN_Q)])
+    assert text == (await chat.ainvoke(CN_Q)).content
+    questions = SINGLE[:5]
+    assert [m.content for m in await chat.abatch(questions)] == [chat.invoke(q).content for q in questions]
+
+
+def test_seq2seq_on_gpu() -> None:
+    t5 = HFLocalChatModel(model=str(MODELS / "tiny-t5"), device="cuda", dtype="bfloat16", max_tokens=8)
+    prompts = ["Hello", "Hey", "What is 2+2?"]
+    sequential = [t5.invoke(p) for p in prompts]
+    assert all(m.usage_metadata and m.usage_metadata["output_tokens"] == 8 for m in sequential)
+    assert [m.content for m in t5.batch(prompts)] == [m.content for m in sequential]
+    assert "".join(str(c.content) for c in t5.stream("Hello")) == sequential[0].content
