@@ -28,6 +28,7 @@ streamer: checking stop strings in a streamer would stop one token late.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import importlib.util
@@ -441,10 +442,18 @@ class Sampling:
     max_tokens: int = 256
     seed: int | None = None
     generate_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    static_cache: bool | None = None
+    """Static KV cache (compiled decoding on CUDA); None = on CUDA where the model supports it."""
 
-    def generation_config(self, bundle: HFBundle, max_new_tokens: int) -> Any:
+    def generation_config(self, bundle: HFBundle, max_new_tokens: int, prompt_width: int = 0) -> Any:
         """A copy of the model's generation config with these settings applied."""
         config = copy.deepcopy(bundle.model.generation_config)
+        if self._use_static_cache(bundle):
+            # transformers compiles the decoding step for a static cache on CUDA. The cache
+            # length is rounded up to a power of two (and transformers keeps the largest
+            # length seen), so a new prompt length does not trigger a recompile.
+            config.cache_implementation = "static"
+            config.max_cache_len = _bucket(prompt_width + max_new_tokens, bundle.context_window)
         config.max_new_tokens = max_new_tokens
         config.max_length = None
         config.min_length = 0
@@ -467,6 +476,51 @@ class Sampling:
         if self.repetition_penalty is not None:
             config.repetition_penalty = self.repetition_penalty
         return config
+
+    def _use_static_cache(self, bundle: HFBundle) -> bool:
+        if self.static_cache is False or bundle.is_seq2seq:
+            return False
+        if {"cache_implementation", "past_key_values"} & set(self.generate_kwargs):
+            return False  # the caller chose the cache
+        model = bundle.model
+        supported = (
+            bool(getattr(model, "_can_compile_fullgraph", False)) and getattr(model, "hf_quantizer", None) is None
+        )
+        if self.static_cache is True:
+            return supported
+        return supported and getattr(bundle.device, "type", None) == "cuda"
+
+
+STATIC_CACHE_MIN = 256
+"""The smallest static KV-cache length; lengths are rounded up to powers of two from here."""
+
+
+def _bucket(length: int, context_window: int | None) -> int:
+    size = STATIC_CACHE_MIN
+    while size < length:
+        size *= 2
+    return min(size, context_window) if context_window and context_window >= length else size
+
+
+@contextlib.contextmanager
+def _attention_backends(device: Any) -> Iterator[None]:
+    """On CUDA, keep SDPA off the cuDNN attention backend.
+
+    Measured on an H200 (torch 2.11): bfloat16 decoding ran at ~27 tokens/s with
+    cuDNN attention selected and ~280 with it excluded; flash, memory-efficient and
+    math kernels remain available.
+    """
+    if getattr(device, "type", None) != "cuda":
+        yield
+        return
+    attention = importlib.import_module("torch.nn.attention")
+    backends = [
+        attention.SDPBackend.FLASH_ATTENTION,
+        attention.SDPBackend.EFFICIENT_ATTENTION,
+        attention.SDPBackend.MATH,
+    ]
+    with attention.sdpa_kernel(backends):
+        yield
 
 
 @dataclass(frozen=True)
@@ -647,11 +701,11 @@ def generate_rows(
     observer = _Observer(states, bundle.eos_ids, None if bundle.is_seq2seq else width, emit, cancels)
     kwargs = dict(sampling.generate_kwargs)
     criteria = import_optional("transformers").StoppingCriteriaList([observer, *kwargs.pop("stopping_criteria", [])])
-    config = sampling.generation_config(bundle, max(budgets))
+    config = sampling.generation_config(bundle, max(budgets), width)
     if sampling.seed is not None and config.do_sample:
         torch.manual_seed(sampling.seed)
     device = bundle.device
-    with torch.inference_mode():
+    with torch.inference_mode(), _attention_backends(device):
         bundle.model.generate(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
             attention_mask=torch.tensor(mask, dtype=torch.long, device=device),

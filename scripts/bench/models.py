@@ -78,3 +78,38 @@ def n_params(hf_dir: Path) -> int:
 
     with safe_open(str(hf_dir / "model.safetensors"), "np") as f:
         return sum(prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+
+
+def build_tokenizer_32k(out_dir: Path, *, seed: int = 0) -> Path:
+    """A byte-level BPE tokenizer with a 32,000-token vocabulary and the project's ChatML tokens.
+
+    Trained in seconds on synthetic text (pseudo-words, English-like and CJK), only so that
+    a 32k-vocabulary bench model decodes to real text. Reused if already built.
+    """
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if (out_dir / "tokenizer.json").exists():
+        return out_dir
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + list("花玫瑰草叶风雨山水天心")
+    lines = [
+        " ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(30))
+        for _ in range(40_000)
+    ]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=32_000, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(lines, trainer)
+    chat_template = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text())["chat_template"]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = chat_template
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return out_dir

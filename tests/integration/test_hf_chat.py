@@ -635,3 +635,14 @@ def test_per_call_model_override_loads_that_model(chat: HFLocalChatModel) -> Non
     assert out.usage_metadata is not None
     assert out.usage_metadata["output_tokens"] == 4
     assert chat.invoke("Hello").content == chat_answer("Hello")
+
+
+def test_static_cache_path_gives_the_same_answers(hf_path: Path) -> None:
+    # The CUDA default (a static KV cache) runs on CPU too when asked for explicitly.
+    static = HFLocalChatModel(model=str(hf_path), static_cache=True)
+    for question in (ROSE_Q, POEM_Q, CN_Q):
+        assert static.invoke([HumanMessage(question)]).content == chat_answer(question)
+        assert "".join(str(c.content) for c in static.stream([HumanMessage(question)])) == chat_answer(question)
+    assert [m.content for m in static.batch([[HumanMessage(q)] for q in SINGLE[:4]])] == [
+        chat_answer(q) for q in SINGLE[:4]
+    ]

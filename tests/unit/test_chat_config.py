@@ -531,3 +531,13 @@ def test_batch_plan_reports_per_input_errors() -> None:
     assert plan.events(0, lambda: results)[0].text == "ok"
     with pytest.raises(ValueError, match="bad input"):
         plan.events(1, lambda: results)
+
+
+def test_static_cache_lengths_are_bucketed_to_powers_of_two() -> None:
+    from langchain_localllm._hf import _bucket
+
+    assert _bucket(10, 2048) == 256
+    assert _bucket(257, 2048) == 512
+    assert _bucket(1500, 2048) == 2048
+    assert _bucket(1500, 1600) == 1600  # capped by the context window
+    assert _bucket(5000, None) == 8192

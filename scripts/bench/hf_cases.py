@@ -1,0 +1,209 @@
+"""HF comparisons (5, 6, 8): HFLocalChatModel vs raw transformers and langchain-huggingface."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import Comparison, Goal, Stats, interleave, timed
+from langchain_core.messages import HumanMessage
+
+from langchain_localllm.chat_models import HFLocalChatModel
+
+STREAM_PROMPT = "Tell me a long story about a rose garden."
+WORDS = ["rose", "tulip", "lily", "daisy", "orchid", "peony", "iris", "violet", "花", "玫瑰", "garden", "vase"]
+
+
+def load_raw(hf: Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tok
+
+
+def encode(tok: Any, texts: list[str], device: str = "cpu") -> Any:
+    convs = [[{"role": "user", "content": t}] for t in texts]
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    enc = tok.apply_chat_template(
+        convs if len(convs) > 1 else convs[0],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        padding=len(convs) > 1,
+    )
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def raw_stream(model: Any, tok: Any, enc: Any, n_new: int, **gen: Any) -> tuple[float, float, int]:
+    """``generate`` + ``TextIteratorStreamer`` in a thread: (seconds, ttft, tokens)."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        out["ids"] = model.generate(**enc, max_new_tokens=n_new, do_sample=False, streamer=streamer, **gen)
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=run)
+    worker.start()
+    first = None
+    for text in streamer:
+        if first is None and text:
+            first = time.perf_counter()
+    worker.join()
+    end = time.perf_counter()
+    n = int(out["ids"].shape[1] - enc["input_ids"].shape[1])
+    return end - start, (first or end) - start, n
+
+
+def ours_stream(chat: HFLocalChatModel, prompt: str, **kwargs: Any) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    first = None
+    n = 0
+    for chunk in chat.stream([HumanMessage(prompt)], **kwargs):
+        if first is None and chunk.content:
+            first = time.perf_counter()
+        if chunk.usage_metadata:
+            n = chunk.usage_metadata["output_tokens"]
+    end = time.perf_counter()
+    return end - start, (first or end) - start, n
+
+
+def peer_chat(model: Any, tok: Any, n_new: int) -> Any:
+    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=model, tokenizer=tok, max_new_tokens=n_new, do_sample=False)
+    llm = HuggingFacePipeline(pipeline=pipe, model_id="bench")
+    return ChatHuggingFace(llm=llm, tokenizer=tok, model_id="bench")
+
+
+def case_stream(hf: Path, repeats: int, *, quick: bool) -> Comparison:
+    n_new = 128 if quick else 256
+    comp = Comparison("5", f"HF streaming {n_new} tokens on CPU (tokens/s)")
+    model, tok = load_raw(hf)
+    chat = HFLocalChatModel.from_model_and_tokenizer(model, tok, max_tokens=n_new, temperature=0)
+    enc = encode(tok, [STREAM_PROMPT])
+    peer = peer_chat(model, tok, n_new)
+    counts: dict[str, int] = {}
+
+    def ours() -> float:
+        seconds, _, n = ours_stream(chat, STREAM_PROMPT)
+        counts["ours"] = n
+        return n / seconds
+
+    def raw() -> float:
+        seconds, _, n = raw_stream(model, tok, enc, n_new)
+        counts["raw"] = n
+        return n / seconds
+
+    def peer_side() -> float:
+        seconds, _ = timed(lambda: "".join(str(c.content) for c in peer.stream([HumanMessage(STREAM_PROMPT)])))
+        return counts.get("raw", n_new) / seconds
+
+    stats = interleave(
+        {"ours": ours, "raw generate + TextIteratorStreamer": raw, "ChatHuggingFace.stream": peer_side},
+        repeats=repeats,
+        unit="tok/s",
+    )
+    comp.sides = list(stats.values())
+    med = {k: v.median for k, v in stats.items()}
+    comp.notes.append(f"tokens per run: {counts}")
+    comp.goals.append(
+        Goal("ours / raw generate + streamer", med["ours"] / med["raw generate + TextIteratorStreamer"], 0.95)
+    )
+    comp.notes.append(
+        f"ours / ChatHuggingFace.stream: {med['ours'] / med['ChatHuggingFace.stream']:.2f}x (report only)"
+    )
+
+    long_n, short_n = (512 if quick else 1024), 128
+    per_token: dict[str, list[float]] = {"ours 128": [], "ours long": [], "raw 128": [], "raw long": []}
+    for _ in range(max(3, repeats // 2)):
+        for label, n in (("128", short_n), ("long", long_n)):
+            seconds, _, got = ours_stream(chat, STREAM_PROMPT, max_tokens=n)
+            per_token[f"ours {label}"].append(seconds / max(got, 1))
+            seconds, _, got = raw_stream(model, tok, enc, n)
+            per_token[f"raw {label}"].append(seconds / max(got, 1))
+    ours_ratio = statistics.median(per_token["ours long"]) / statistics.median(per_token["ours 128"])
+    raw_ratio = statistics.median(per_token["raw long"]) / statistics.median(per_token["raw 128"])
+    for name, values in per_token.items():
+        comp.sides.append(Stats(f"per-token time, {name}", [v * 1000 for v in values], unit="ms"))
+    comp.goals.append(
+        Goal(
+            f"ours per-token time at {long_n} / at 128 new tokens",
+            ours_ratio,
+            1.05,
+            higher_is_better=False,
+            note=f"raw generate's own ratio: {raw_ratio:.3f} (attention over a longer context)",
+        )
+    )
+    return comp
+
+
+def batch_prompts(n: int = 16) -> list[str]:
+    return [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + 5 * i)) for i in range(n)]
+
+
+def case_batch(hf: Path, repeats: int, *, quick: bool, device: str = "cpu", dtype: str = "float32") -> Comparison:
+    n_new = 32 if quick else 64
+    prompts = batch_prompts(16)
+    comp = Comparison("6", f"HF batch of 16 prompts of mixed length, {n_new} new tokens ({device}, {dtype}; seconds)")
+    model, tok = load_raw(hf, device, dtype)
+    chat = HFLocalChatModel.from_model_and_tokenizer(model, tok, max_tokens=n_new, temperature=0, batch_size=16)
+    inputs = [[HumanMessage(p)] for p in prompts]
+    singles = [encode(tok, [p], device) for p in prompts]
+    padded = encode(tok, prompts, device)
+    peer = peer_chat(model, tok, n_new)
+
+    def sequential_texts() -> list[str]:
+        out = []
+        for enc in singles:
+            ids = model.generate(**enc, max_new_tokens=n_new, do_sample=False)
+            out.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+        return out
+
+    stats = interleave(
+        {
+            "ours batch": lambda: timed(lambda: chat.batch(inputs))[0],
+            "raw sequential generate": lambda: timed(sequential_texts)[0],
+            "raw one left-padded generate": lambda: timed(
+                lambda: model.generate(**padded, max_new_tokens=n_new, do_sample=False)
+            )[0],
+            "ChatHuggingFace.batch": lambda: timed(lambda: peer.batch(inputs))[0],
+        },
+        repeats=repeats,
+    )
+    comp.sides = list(stats.values())
+    med = {k: v.median for k, v in stats.items()}
+    comp.goals.append(Goal("speed ours / raw sequential loop", med["raw sequential generate"] / med["ours batch"], 4.0))
+    comp.goals.append(
+        Goal("speed ours / one raw padded generate", med["raw one left-padded generate"] / med["ours batch"], 0.9)
+    )
+    comp.goals.append(Goal("speed ours / ChatHuggingFace.batch", med["ChatHuggingFace.batch"] / med["ours batch"], 3.0))
+    ours_texts = [str(m.content) for m in chat.batch(inputs)]
+    seq = sequential_texts()
+    same = sum(a.strip() == b.strip() for a, b in zip(ours_texts, seq, strict=True))
+    comp.notes.append(f"batched outputs equal to sequential greedy outputs: {same}/16")
+    comp.goals.append(Goal("outputs equal to sequential greedy", same / 16, 1.0, unit=""))
+    return comp
+
+
+def case_gpu(repeats: int, *, quick: bool) -> Comparison:
+    import torch
+
+    comp = Comparison("8", "GPU (CUDA, bfloat16)")
+    if not torch.cuda.is_available():
+        comp.notes.append("skipped: no CUDA device on this machine (run scripts/bench/gpu.py on a GPU machine)")
+        return comp
+    import gpu
+
+    return gpu.run(repeats, quick=quick)
