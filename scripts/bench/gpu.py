@@ -73,6 +73,7 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="a tiny model (smoke test)")
     parser.add_argument("--new", type=int, default=128, help="new tokens per batch-1 run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip: streamer,raw-static,dynamic")
     args = parser.parse_args()
 
     import torch
@@ -83,6 +84,7 @@ def main() -> int:
     from langchain_localllm import HFLocalChatModel
 
     run = Run(args.out, args.device)
+    skip = set(args.skip.split(","))
     dev = args.device
     run.data["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     run.data["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -191,7 +193,8 @@ def main() -> int:
         return wrapped
 
     raw_default = run.step("raw generate, default (dynamic cache)", lambda: repeat(raw_generate))
-    run.step("raw generate, dynamic cache, cuDNN attention excluded", lambda: repeat(no_cudnn(raw_generate)))
+    if "cudnn" not in skip:
+        run.step("raw generate, dynamic cache, cuDNN attention excluded", lambda: repeat(no_cudnn(raw_generate)))
 
     def raw_streamer() -> dict[str, float]:
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
@@ -208,7 +211,8 @@ def main() -> int:
         worker.join()
         return rate(time.perf_counter() - start, int(holder["ids"].shape[1] - enc["input_ids"].shape[1]))
 
-    run.step("raw generate + TextIteratorStreamer (thread)", lambda: repeat(raw_streamer, 2))
+    if "streamer" not in skip:
+        run.step("raw generate + TextIteratorStreamer (thread)", lambda: repeat(raw_streamer, 2))
 
     chat = HFLocalChatModel(model=str(model_dir), device=dev, dtype=dtype, max_tokens=n_new)
     messages = [HumanMessage(PROMPT)]
