@@ -234,12 +234,16 @@ def main() -> int:
     ours_inv = run.step("ours invoke (default path)", lambda: repeat(ours_invoke))
     ours_str = run.step("ours stream (default path)", lambda: repeat(ours_stream))
     dynamic = HFLocalChatModel(model=str(model_dir), device=dev, dtype=dtype, max_tokens=n_new, static_cache=False)
-    run.step(
-        "ours invoke, static_cache=False",
-        lambda: repeat(lambda: rate(*_timed_tokens(lambda: dynamic.invoke(messages)))),
-    )
-    run.step("raw generate, static cache: first call (compile)", lambda: raw_generate(cache_implementation="static"))
-    run.step("raw generate, static cache", lambda: repeat(lambda: raw_generate(cache_implementation="static")))
+    if "dynamic" not in skip:
+        run.step(
+            "ours invoke, static_cache=False",
+            lambda: repeat(lambda: rate(*_timed_tokens(lambda: dynamic.invoke(messages)))),
+        )
+    if "raw-static" not in skip:
+        run.step(
+            "raw generate, static cache: first call (compile)", lambda: raw_generate(cache_implementation="static")
+        )
+        run.step("raw generate, static cache", lambda: repeat(lambda: raw_generate(cache_implementation="static")))
 
     prompts = [" ".join(["rose garden story"] * (1 + 3 * i)) for i in range(16)]
     batch_new = 64
