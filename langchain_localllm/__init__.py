@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from langchain_localllm._cache import CacheInfo, clear_model_cache, model_cache_info, set_model_cache_size
-from langchain_localllm.chat_models import HFLocalChatModel
+from langchain_localllm.chat_models import HFLocalChatModel, LocalGGMLChatModel
 from langchain_localllm.errors import (
     ChatTemplateError,
     ContextWindowExceededError,
@@ -36,6 +36,7 @@ __all__ = [
     "HFLocalChatModel",
     "InvalidModelFileError",
     "LegacyGGMLFormatError",
+    "LocalGGMLChatModel",
     "LocalGGMLLLM",
     "LocalLLMError",
     "MissingDependencyError",

@@ -147,6 +147,7 @@ class LlamaCppLoadMixin(BaseModel):
         )
 
     def _needs_logits_all(self) -> bool:
+        """Whether the model must keep every position's logits (overridden by the sampling mixin)."""
         return False
 
     def _model_file(self) -> Path:

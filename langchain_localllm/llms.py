@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -12,11 +11,12 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LangSmithParams
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, PrivateAttr, field_validator, model_validator
 
 from langchain_localllm._bridge import aiterate_in_thread
-from langchain_localllm._llamacpp import LlamaModel, Piece, Sampling, generate_pieces, llama_cpp_module, tokenize_prompt
+from langchain_localllm._llamacpp import LlamaModel, Piece, generate_pieces, tokenize_prompt
 from langchain_localllm._llamacpp_base import LlamaCppLoadMixin
+from langchain_localllm._llamacpp_sampling import LlamaCppSamplingMixin
 from langchain_localllm._stop import merge_stops
 from langchain_localllm._template import render_chat_template
 
@@ -24,51 +24,8 @@ __all__ = ["LocalGGMLLLM"]
 
 logger = logging.getLogger("langchain_localllm")
 
-_CALL_OPTIONS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repeat_penalty",
-        "frequency_penalty",
-        "presence_penalty",
-        "seed",
-        "max_tokens",
-        "grammar",
-        "json_schema",
-        "logprobs",
-    }
-)
 
-# Call-time options obey the same bounds as the fields: (minimum, maximum, minimum is exclusive).
-_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
-    "temperature": (0.0, None, False),
-    "top_p": (0.0, 1.0, False),
-    "top_k": (0, None, False),
-    "min_p": (0.0, 1.0, False),
-    "repeat_penalty": (0.0, None, True),
-    "max_tokens": (1, None, False),
-    "seed": (0, None, False),
-    "logprobs": (0, None, False),
-}
-
-
-def _check_bounds(kwargs: Mapping[str, Any]) -> None:
-    for name, value in kwargs.items():
-        if value is None or name not in _BOUNDS:
-            continue
-        low, high, exclusive = _BOUNDS[name]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            msg = f"{name} must be a number, got {value!r}"
-            raise TypeError(msg)
-        if value < low or (exclusive and value == low) or (high is not None and value > high):
-            bound = f"> {low}" if exclusive else f">= {low}" + (f" and <= {high}" if high is not None else "")
-            msg = f"{name} must be {bound}, got {value!r}"
-            raise ValueError(msg)
-
-
-class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
+class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
     """A LangChain LLM over a local GGUF model run by llama.cpp (llama-cpp-python).
 
     The weights load on first use (or with ``load_on_init=True``) into a
@@ -103,50 +60,7 @@ class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
     """System message placed before the prompt in ``"auto"`` format. Default: None
     (the template's own default, if it has one)."""
 
-    temperature: float = Field(default=0.8, ge=0.0)
-    """Sampling temperature; 0 is greedy (deterministic). Default: 0.8 (llama.cpp's)."""
-
-    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
-    """Nucleus sampling threshold. Default: 0.95."""
-
-    top_k: int = Field(default=40, ge=0)
-    """Sample among the k most likely tokens; 0 disables. Default: 40."""
-
-    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
-    """Drop tokens below this fraction of the best token's probability. Default: 0.05."""
-
-    repeat_penalty: float = Field(default=1.0, gt=0.0)
-    """Penalty for repeating recent tokens; 1.0 disables. Default: 1.0."""
-
-    frequency_penalty: float = 0.0
-    """OpenAI-style frequency penalty. Default: 0.0."""
-
-    presence_penalty: float = 0.0
-    """OpenAI-style presence penalty. Default: 0.0."""
-
-    max_tokens: int | None = Field(default=256, ge=1)
-    """Most tokens to generate; None = until end of turn or the context is full. Default: 256."""
-
-    seed: int | None = Field(default=None, ge=0)
-    """Sampling seed for reproducible non-greedy output. Default: None (random per call)."""
-
-    stop: list[str] | None = None
-    """Stop strings, merged with those given per call; never part of the output. Default: None."""
-
-    logprobs: int | None = Field(default=None, ge=0)
-    """Return each token's log-probability and this many top alternatives in
-    ``generation_info["logprobs"]``. Loads the model with ``logits_all`` (a separate cache
-    entry). Default: None (off)."""
-
-    grammar: str | None = None
-    """A GBNF grammar that constrains the output. Default: None."""
-
-    json_schema: dict[str, Any] | None = None
-    """A JSON schema the output must match (converted to a GBNF grammar). Default: None."""
-
     _warned_no_template: bool = PrivateAttr(default=False)
-    _schema_grammars: dict[str, str] = PrivateAttr(default_factory=dict)
-    _schema_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @field_validator("prompt_format")
     @classmethod
@@ -157,10 +71,7 @@ class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
         return value
 
     @model_validator(mode="after")
-    def _check_options(self) -> LocalGGMLLLM:
-        if self.grammar is not None and self.json_schema is not None:
-            msg = "give grammar or json_schema, not both"
-            raise ValueError(msg)
+    def _load_if_asked(self) -> LocalGGMLLLM:
         if self.load_on_init:
             self.load()
         return self
@@ -201,7 +112,7 @@ class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="llamacpp",
-            ls_model_name=self._model_name(),
+            ls_model_name=str(kwargs.get("model") or self._model_name()),
             ls_model_type="llm",
             ls_temperature=kwargs.get("temperature", self.temperature),
         )
@@ -212,9 +123,6 @@ class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
         if stops:
             params["ls_stop"] = stops
         return params
-
-    def _needs_logits_all(self) -> bool:
-        return self.logprobs is not None
 
     # -- prompt -------------------------------------------------------------------
 
@@ -246,43 +154,6 @@ class LocalGGMLLLM(LlamaCppLoadMixin, LLM):
             return len(entry.model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     # -- generation ---------------------------------------------------------------
-
-    def _sampling(self, kwargs: dict[str, Any]) -> Sampling:
-        unknown = set(kwargs) - _CALL_OPTIONS
-        if unknown:
-            msg = f"unknown call options {sorted(unknown)}; supported: {sorted(_CALL_OPTIONS)}"
-            raise TypeError(msg)
-        _check_bounds(kwargs)
-        opts = {name: kwargs.get(name, getattr(self, name)) for name in _CALL_OPTIONS}
-        grammar = opts["grammar"]
-        if opts["json_schema"] is not None:
-            if grammar is not None:
-                msg = "give grammar or json_schema, not both"
-                raise ValueError(msg)
-            grammar = self._schema_to_grammar(opts["json_schema"])
-        return Sampling(
-            temperature=opts["temperature"],
-            top_p=opts["top_p"],
-            top_k=opts["top_k"],
-            min_p=opts["min_p"],
-            repeat_penalty=opts["repeat_penalty"],
-            frequency_penalty=opts["frequency_penalty"],
-            presence_penalty=opts["presence_penalty"],
-            seed=opts["seed"],
-            max_tokens=opts["max_tokens"],
-            grammar=grammar,
-            logprobs=opts["logprobs"],
-        )
-
-    def _schema_to_grammar(self, schema: dict[str, Any]) -> str:
-        key = json.dumps(schema, sort_keys=True)
-        with self._schema_lock:
-            if key not in self._schema_grammars:
-                llama_cpp_module()  # names the extra if llama-cpp-python is missing
-                from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415
-
-                self._schema_grammars[key] = json_schema_to_gbnf(key)
-            return self._schema_grammars[key]
 
     def _pieces(
         self, prompt: str, stop: list[str] | None, cancel: threading.Event | None, kwargs: dict[str, Any]

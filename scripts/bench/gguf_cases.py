@@ -334,3 +334,32 @@ def case_callbacks_async(gguf: Path, repeats: int, n_new: int = 256) -> Comparis
         )
     )
     return comp
+
+
+def case_grammar_cost(gguf: Path, repeats: int, n_new: int = 256) -> Comparison:
+    """Constrained decoding's cost: the same model, free text vs a JSON-schema grammar."""
+    comp = Comparison("9", f"Constrained decoding cost on GGUF, {n_new} tokens (tokens/s)")
+    schema = {
+        "type": "object",
+        "properties": {"flower": {"type": "string"}, "notes": {"type": "array", "items": {"type": "string"}}},
+        "required": ["flower", "notes"],
+    }
+    free = LocalGGMLLLM(model_path=str(gguf), temperature=0, max_tokens=n_new, prompt_format="raw")
+    constrained = LocalGGMLLLM(
+        model_path=str(gguf), temperature=0, max_tokens=n_new, prompt_format="raw", json_schema=schema
+    )
+    _llama_of(free)
+
+    def rate(llm: LocalGGMLLLM) -> float:
+        seconds, result = timed(lambda: llm.generate([DECODE_PROMPT]))
+        return (result.generations[0][0].generation_info or {})["completion_tokens"] / seconds
+
+    stats = interleave(
+        {"unconstrained": lambda: rate(free), "JSON-schema grammar": lambda: rate(constrained)},
+        repeats=repeats,
+        unit="tok/s",
+    )
+    comp.sides = list(stats.values())
+    ratio = stats["JSON-schema grammar"].median / stats["unconstrained"].median
+    comp.notes.append(f"constrained / unconstrained tokens/s: {ratio:.3f} (report only)")
+    return comp

@@ -171,6 +171,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         ("3", lambda: gguf_cases.case_loading(gguf, repeats)),
         ("4", lambda: gguf_cases.case_multiturn(gguf, repeats)),
         ("7", lambda: gguf_cases.case_callbacks_async(gguf, repeats, n_new)),
+        ("9", lambda: gguf_cases.case_grammar_cost(gguf, repeats, n_new)),
     ]
     try:
         import hf_cases

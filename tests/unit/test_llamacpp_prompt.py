@@ -114,3 +114,33 @@ def test_sampling_options_are_not_part_of_the_cache_key() -> None:
     assert a == b
     assert hash(a) == hash(b)
     assert a != LocalGGMLLLM(model_path="x.gguf", n_ctx=128)._load_settings()
+
+
+def test_chat_model_without_a_template_names_the_field() -> None:
+    from langchain_localllm import ChatTemplateError
+    from langchain_localllm.chat_models import LocalGGMLChatModel
+
+    chat = LocalGGMLChatModel(model_path="fake.gguf")
+    with pytest.raises(ChatTemplateError, match="chat_template="):
+        chat._render(fake_model(add_bos=False, template=None), [{"role": "user", "content": "hi"}], None)
+
+
+def test_chat_model_folds_system_text_for_a_template_without_a_system_role() -> None:
+    from langchain_localllm.chat_models import LocalGGMLChatModel
+
+    strict = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    )
+    chat = LocalGGMLChatModel(model_path="fake.gguf")
+    model = fake_model(add_bos=False, template=strict)
+    ids = chat._render(model, [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], None)
+    assert "".join(chr(i - 100) for i in ids) == "[user]Be kind.\n\nhi"
+
+
+def test_logprobs_loads_with_logits_all_for_both_classes() -> None:
+    from langchain_localllm.chat_models import LocalGGMLChatModel
+
+    for cls in (LocalGGMLLLM, LocalGGMLChatModel):
+        assert cls(model_path="x.gguf", logprobs=2)._load_settings().logits_all is True
+        assert cls(model_path="x.gguf")._load_settings().logits_all is False

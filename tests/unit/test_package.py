@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "HFLocalChatModel",
     "InvalidModelFileError",
     "LegacyGGMLFormatError",
+    "LocalGGMLChatModel",
     "LocalGGMLLLM",
     "LocalLLMError",
     "MissingDependencyError",
@@ -57,6 +58,8 @@ def test_constructing_a_model_loads_no_heavy_backend() -> None:
         "from langchain_localllm import HFLocalChatModel, LocalGGMLLLM\n"
         "LocalGGMLLLM(model_path='does-not-exist.gguf')\n"
         "HFLocalChatModel(model='does-not-exist')\n"
+        "from langchain_localllm import LocalGGMLChatModel\n"
+        "LocalGGMLChatModel(model_path='does-not-exist.gguf').bind_tools([]).with_config({})\n"
         "print(','.join(m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -37,6 +37,7 @@ from langchain_localllm._hf import (
     stream_events,
 )
 from langchain_localllm._messages import ChatDict, to_chat_dicts
+from langchain_localllm._options import check_bounds
 from langchain_localllm._stop import merge_stops
 from langchain_localllm.errors import ModelNotFoundError
 
@@ -66,20 +67,6 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?)$")
 _ACTIVE_PLAN: contextvars.ContextVar[BatchPlan | None] = contextvars.ContextVar(
     "langchain_localllm_hf_batch_plan", default=None
 )
-
-
-def _check_bounds(kwargs: Mapping[str, Any]) -> None:
-    for name, value in kwargs.items():
-        if value is None or name not in _BOUNDS:
-            continue
-        low, high, exclusive = _BOUNDS[name]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            msg = f"{name} must be a number, got {value!r}"
-            raise TypeError(msg)
-        if value < low or (exclusive and value == low) or (high is not None and value > high):
-            bound = f"> {low}" if exclusive else f">= {low}" + (f" and <= {high}" if high is not None else "")
-            msg = f"{name} must be {bound}, got {value!r}"
-            raise ValueError(msg)
 
 
 def _check_generate_kwargs(kwargs: Mapping[str, Any]) -> None:
@@ -399,7 +386,7 @@ class HFLocalChatModel(BaseChatModel):
         if unknown:
             msg = f"unknown call options {sorted(unknown)}; supported: {sorted(_CALL_OPTIONS - {'stream'})}"
             raise TypeError(msg)
-        _check_bounds(kwargs)
+        check_bounds(kwargs, _BOUNDS)
         generate_kwargs = {**self.generate_kwargs, **(kwargs.get("generate_kwargs") or {})}
         _check_generate_kwargs(generate_kwargs)
         override = kwargs.get("model")

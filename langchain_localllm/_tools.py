@@ -1,0 +1,218 @@
+"""Tool calling shared by the chat models: tool specs, ``tool_choice``, output parsers.
+
+Local models write tool calls as text in the format their chat template taught
+them. A parser turns that text back into LangChain ``tool_calls``:
+
+* :class:`HermesToolCallParser` - ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+  blocks (Hermes, Qwen 2/2.5/3, and this project's tiny model);
+* :class:`JsonToolCallParser` - the whole answer is one JSON object (or a list of them)
+  with ``name`` and ``arguments`` (or ``parameters``).
+
+:func:`parser_for_template` picks one from the template; any object with the
+:class:`ToolCallParser` methods can be passed instead (``tool_parser=``).
+:func:`tool_call_schema` gives the JSON schema of "a valid call of one of these
+tools", which the backends compile into constrained decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from langchain_core.messages import InvalidToolCall, ToolCall
+from langchain_core.messages.tool import invalid_tool_call, tool_call
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+__all__ = [
+    "HermesToolCallParser",
+    "JsonToolCallParser",
+    "ParsedOutput",
+    "ToolCallParser",
+    "convert_tools",
+    "normalize_tool_choice",
+    "parser_for_template",
+    "tool_call_schema",
+]
+
+ParsedOutput = tuple[str, list[ToolCall], list[InvalidToolCall]]
+"""(remaining text content, parsed calls, calls that could not be parsed)."""
+
+
+@runtime_checkable
+class ToolCallParser(Protocol):
+    """How a model writes tool calls: parse them, and recognise their start while streaming."""
+
+    name: str
+
+    def parse(self, text: str) -> ParsedOutput:
+        """Split a finished answer into text content and tool calls."""
+        ...
+
+    def may_be_call(self, text: str) -> bool:
+        """Whether ``text`` (the answer so far) is, or could still become, a tool call."""
+        ...
+
+    def wrap(self, call_json: str) -> str:
+        """The text the model writes for one call given as JSON (for constrained decoding)."""
+        ...
+
+
+def _new_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _call_from_obj(obj: Any, raw: str) -> ToolCall | InvalidToolCall:
+    if isinstance(obj, Mapping) and isinstance(obj.get("name"), str):
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args, strict=False)
+            except json.JSONDecodeError:
+                return invalid_tool_call(name=obj["name"], args=args, id=_new_id(), error="arguments are not JSON")
+        if isinstance(args, Mapping):
+            return tool_call(name=obj["name"], args=dict(args), id=_new_id())
+    return invalid_tool_call(name=None, args=raw, id=_new_id(), error="not a {name, arguments} object")
+
+
+def _split(results: Sequence[ToolCall | InvalidToolCall]) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    calls = [r for r in results if r.get("type") == "tool_call"]
+    invalid = [r for r in results if r.get("type") == "invalid_tool_call"]
+    return calls, invalid  # type: ignore[return-value]
+
+
+class HermesToolCallParser:
+    """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (Hermes / Qwen).
+
+    Each block's JSON is read with a JSON decoder, not a regular expression, so a
+    ``</tool_call>`` written inside a string argument cannot cut a call short.
+    """
+
+    name = "hermes"
+    _OPEN = "<tool_call>"
+    _CLOSE = "</tool_call>"
+
+    def parse(self, text: str) -> ParsedOutput:
+        """Parse every block; text outside the blocks stays content."""
+        if self._OPEN not in text:
+            return text, [], []
+        decoder = json.JSONDecoder(strict=False)
+        results: list[ToolCall | InvalidToolCall] = []
+        content: list[str] = []
+        pos = 0
+        while (start := text.find(self._OPEN, pos)) != -1:
+            content.append(text[pos:start])
+            body = start + len(self._OPEN)
+            while body < len(text) and text[body].isspace():
+                body += 1
+            try:
+                obj, end = decoder.raw_decode(text, body)
+            except json.JSONDecodeError as e:
+                close = text.find(self._CLOSE, body)
+                end = len(text) if close == -1 else close
+                raw = text[body:end].strip()
+                results.append(invalid_tool_call(name=None, args=raw, id=_new_id(), error=f"invalid JSON: {e}"))
+            else:
+                results.append(_call_from_obj(obj, text[body:end]))
+            rest = text[end:].lstrip()
+            pos = len(text) - len(rest)
+            if rest.startswith(self._CLOSE):
+                pos += len(self._CLOSE)
+        content.append(text[pos:])
+        calls, invalid = _split(results)
+        return "".join(content).strip(), calls, invalid
+
+    def may_be_call(self, text: str) -> bool:
+        """True while the answer is a (prefix of a) ``<tool_call>`` block."""
+        stripped = text.lstrip()
+        return stripped.startswith(self._OPEN) or self._OPEN.startswith(stripped)
+
+    def wrap(self, call_json: str) -> str:
+        """The call between ``<tool_call>`` and ``</tool_call>`` lines."""
+        return f"{self._OPEN}\n{call_json}\n{self._CLOSE}"
+
+
+class JsonToolCallParser:
+    """The whole answer is a JSON object ``{"name", "arguments"}`` or a list of them."""
+
+    name = "json"
+
+    def parse(self, text: str) -> ParsedOutput:
+        """Parse the answer as JSON; anything else is plain content."""
+        stripped = text.strip()
+        if not stripped.startswith(("{", "[")):
+            return text, [], []
+        try:
+            obj = json.loads(stripped, strict=False)
+        except json.JSONDecodeError:
+            return text, [], []
+        items = obj if isinstance(obj, list) else [obj]
+        if not all(isinstance(i, Mapping) and "name" in i for i in items):
+            return text, [], []
+        calls, invalid = _split([_call_from_obj(i, json.dumps(i)) for i in items])
+        return "", calls, invalid
+
+    def may_be_call(self, text: str) -> bool:
+        """True while the answer starts like a JSON object or array."""
+        stripped = text.lstrip()
+        return not stripped or stripped[0] in "{["
+
+    def wrap(self, call_json: str) -> str:
+        """The call's JSON itself."""
+        return call_json
+
+
+def parser_for_template(template: str | None) -> ToolCallParser:
+    """Hermes/Qwen ``<tool_call>`` when the template mentions it, else plain JSON."""
+    if template and "<tool_call>" in template:
+        return HermesToolCallParser()
+    return JsonToolCallParser()
+
+
+def convert_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
+    """LangChain tools, functions, pydantic models or JSON-schema dicts -> OpenAI tool dicts."""
+    return [convert_to_openai_tool(t) for t in tools]
+
+
+def normalize_tool_choice(tool_choice: Any, tools: Sequence[Mapping[str, Any]]) -> str:
+    """``"auto"``, ``"none"``, ``"required"`` or the name of one bound tool.
+
+    Accepts LangChain's spellings: ``None``/``"auto"``, ``"none"``, ``"any"``/``"required"``/
+    ``True``, a tool name, or ``{"type": "function", "function": {"name": ...}}``.
+    """
+    names = [t["function"]["name"] for t in tools]
+    if tool_choice in (None, "auto"):
+        return "auto"
+    if tool_choice == "none" or tool_choice is False:
+        return "none"
+    if tool_choice in ("any", "required") or tool_choice is True:
+        return "required"
+    if isinstance(tool_choice, Mapping):
+        tool_choice = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    if isinstance(tool_choice, str) and tool_choice in names:
+        return tool_choice
+    msg = f"tool_choice={tool_choice!r} is not 'auto', 'none', 'any'/'required' or one of the bound tools {names}"
+    raise ValueError(msg)
+
+
+def tool_call_schema(tools: Sequence[Mapping[str, Any]], only: str | None = None) -> dict[str, Any]:
+    """JSON schema of one call ``{"name": <tool>, "arguments": <its parameters>}``."""
+    options = []
+    for tool in tools:
+        function = tool["function"]
+        if only is not None and function["name"] != only:
+            continue
+        parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
+        parameters.setdefault("type", "object")
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+            }
+        )
+    if not options:
+        msg = f"no bound tool is named {only!r}"
+        raise ValueError(msg)
+    return options[0] if len(options) == 1 else {"anyOf": options}

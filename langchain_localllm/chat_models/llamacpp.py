@@ -1,0 +1,381 @@
+"""``LocalGGMLChatModel``: a LangChain chat model over a local GGUF model, run by llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Literal, cast
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from pydantic import ConfigDict, PrivateAttr, model_validator
+
+from langchain_localllm._bridge import aiterate_in_thread
+from langchain_localllm._llamacpp import LlamaModel, Piece, generate_pieces, tokenize_prompt
+from langchain_localllm._llamacpp_base import LlamaCppLoadMixin
+from langchain_localllm._llamacpp_sampling import CALL_OPTIONS, LlamaCppSamplingMixin
+from langchain_localllm._messages import ChatDict, fold_system, to_chat_dicts
+from langchain_localllm._stop import merge_stops
+from langchain_localllm._structured import with_structured_output
+from langchain_localllm._template import render_chat_template
+from langchain_localllm._tools import (
+    ToolCallParser,
+    convert_tools,
+    normalize_tool_choice,
+    parser_for_template,
+    tool_call_schema,
+)
+from langchain_localllm.errors import ChatTemplateError
+
+__all__ = ["LocalGGMLChatModel"]
+
+logger = logging.getLogger("langchain_localllm")
+
+_TOOL_OPTIONS = frozenset({"tools", "tool_choice", "tool_parser", "ls_structured_output_format"})
+
+
+class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel):
+    """A LangChain chat model over a local GGUF model run by llama.cpp.
+
+    Messages are rendered with the GGUF's own chat template (``tokenizer.chat_template``)
+    in a sandboxed Jinja environment, or with ``chat_template`` when given; a file
+    without a template is an error naming that field, never a silent guess. Loading,
+    the process-wide cache, stops, streaming and async are shared with
+    :class:`~langchain_localllm.LocalGGMLLLM`.
+
+    Tool calling (``bind_tools``) passes the tools to the template and parses the
+    answer with a parser chosen from the template (Hermes ``<tool_call>`` blocks or
+    plain JSON); ``tool_choice="any"``/``"required"`` or a tool name constrains
+    decoding with a GBNF grammar to a valid call. ``with_structured_output``
+    constrains decoding to the schema.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_localllm import LocalGGMLChatModel
+
+            chat = LocalGGMLChatModel(model_path="qwen2.5-0.5b-instruct-q8_0.gguf", temperature=0)
+            print(chat.invoke("Rose is which type of flower?").content)
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    chat_template: str | None = None
+    """A Jinja chat template used instead of the GGUF's own. Default: None (the file's)."""
+
+    streaming: bool = False
+    """LangChain's standard flag. Every call already runs the streaming path (``invoke``
+    aggregates it), so this changes nothing in the output. Default: False."""
+
+    _parser_override: ToolCallParser | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_if_asked(self) -> LocalGGMLChatModel:
+        if self.load_on_init:
+            self.load()
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "local-gguf-llamacpp-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "repo_id": self.repo_id,
+            "filename": self.filename,
+            "n_ctx": self.n_ctx,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+        }
+
+    def _model_name(self) -> str:
+        if self.repo_id is not None:
+            return f"{self.repo_id}/{self.filename}"
+        return (self.model_path or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="llamacpp",
+            ls_model_name=str(kwargs.get("model") or self._model_name()),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stops = merge_stops(self.stop, stop)
+        if stops:
+            params["ls_stop"] = stops
+        return params
+
+    # -- tools and structured output ------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        tool_parser: ToolCallParser | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, functions, pydantic models, JSON-schema dicts).
+
+        Args:
+            tools: The tools the model may call.
+            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"`` (a call
+                is forced, decoding constrained to a valid call), or a tool name.
+            tool_parser: How the model writes calls; default chosen from the chat template.
+            **kwargs: Further call options bound alongside.
+        """
+        specs = convert_tools(tools)
+        choice = normalize_tool_choice(tool_choice, specs)
+        return self.bind(tools=specs, tool_choice=choice, tool_parser=tool_parser, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: Any = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Answers that always parse: decoding is constrained to ``schema``.
+
+        Args:
+            schema: A pydantic model, TypedDict or JSON-schema dict (``None`` for ``json_mode``).
+            method: ``"json_schema"`` (default), ``"function_calling"`` or ``"json_mode"``.
+            include_raw: Return ``{"raw", "parsed", "parsing_error"}``.
+            strict: Accepted for compatibility; constrained decoding is always strict.
+            **kwargs: Not supported (an error names them).
+        """
+        del strict  # constrained decoding already guarantees the schema
+        return with_structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
+
+    # -- rendering --------------------------------------------------------------------
+
+    def _template(self, model: LlamaModel) -> str:
+        template = self.chat_template or model.info.chat_template
+        if not template:
+            msg = (
+                f"{model.info.path} has no chat template (tokenizer.chat_template). Pass "
+                "chat_template='...' (a Jinja template), or use LocalGGMLLLM with prompt_format for raw prompts."
+            )
+            raise ChatTemplateError(msg)
+        return template
+
+    def _render(self, model: LlamaModel, messages: list[ChatDict], tools: list[dict[str, Any]] | None) -> list[int]:
+        template = self._template(model)
+        variables = {"bos_token": model.bos_text, "eos_token": model.eos_text}
+        try:
+            text = render_chat_template(template, messages, add_generation_prompt=True, tools=tools, **variables)
+        except ChatTemplateError:
+            if not any(m.get("role") == "system" for m in messages):
+                raise
+            # A template that rejects a system role: fold the system text into the first user turn.
+            text = render_chat_template(
+                template, fold_system(messages), add_generation_prompt=True, tools=tools, **variables
+            )
+        return tokenize_prompt(model, text)
+
+    # -- generation -------------------------------------------------------------------
+
+    def _pieces(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        cancel: threading.Event | None,
+        kwargs: dict[str, Any],
+        plan: _ToolPlan,
+    ) -> Iterator[Piece]:
+        sampling_kwargs = {k: v for k, v in kwargs.items() if k not in _TOOL_OPTIONS}
+        dicts = to_chat_dicts(messages)
+        with self._use_model() as entry:
+            model = entry.model
+            plan.resolve(self, model)
+            if plan.grammar is not None:
+                sampling_kwargs = {**sampling_kwargs, "grammar": plan.grammar, "json_schema": None}
+            sampling = self._sampling(sampling_kwargs)
+            tokens = self._render(model, dicts, plan.tools if plan.choice != "none" else None)
+            yield from generate_pieces(model, tokens, sampling, merge_stops(self.stop, stop), cancel)
+
+    def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
+        unknown = set(kwargs) - CALL_OPTIONS - _TOOL_OPTIONS
+        if unknown:
+            msg = f"unknown call options {sorted(unknown)}; supported: {sorted(CALL_OPTIONS | _TOOL_OPTIONS)}"
+            raise TypeError(msg)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        self._check_kwargs(kwargs)
+        plan = _ToolPlan(kwargs)
+        for piece in self._pieces(messages, stop, None, kwargs, plan):
+            for chunk in plan.chunks(piece, self._model_name()):
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        self._check_kwargs(kwargs)
+        plan = _ToolPlan(kwargs)
+        pieces = aiterate_in_thread(lambda cancel: self._pieces(messages, stop, cancel, kwargs, plan))
+        try:
+            async for piece in pieces:
+                for chunk in plan.chunks(piece, self._model_name()):
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+        finally:
+            await pieces.aclose()
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return _aggregate(list(self._stream(messages, stop, run_manager, **kwargs)))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return _aggregate([c async for c in self._astream(messages, stop, run_manager, **kwargs)])
+
+
+class _ToolPlan:
+    """Per-call tool handling: which parser, which grammar, and how text becomes chunks.
+
+    Without tools, text streams as it comes. With tools, text that is (or may still
+    become) a tool call is held back and parsed at the end, so ``tool_call_chunks``
+    carry complete calls; an answer that turns out to be plain text streams on.
+    """
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.tools: list[dict[str, Any]] | None = kwargs.get("tools")
+        self.choice: str = kwargs.get("tool_choice") or "auto"
+        self.parser: ToolCallParser | None = kwargs.get("tool_parser")
+        self.grammar: str | None = None
+        self._held: list[str] = []
+        self._holding = bool(self.tools) and self.choice != "none"
+
+    def resolve(self, chat: LocalGGMLChatModel, model: LlamaModel) -> None:
+        if not self.tools or self.choice == "none":
+            return
+        if self.parser is None:
+            self.parser = parser_for_template(chat.chat_template or model.info.chat_template)
+        if self.choice != "auto":
+            only = None if self.choice == "required" else self.choice
+            schema = tool_call_schema(self.tools, only=only)
+            self.grammar = _wrap_grammar(chat._schema_to_grammar(schema), self.parser.wrap)  # noqa: SLF001
+
+    def chunks(self, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
+        text = piece.text
+        if self._holding and self.parser is not None:
+            self._held.append(text)
+            so_far = "".join(self._held)
+            if piece.info is None and self.parser.may_be_call(so_far):
+                return
+            self._holding = False
+            self._held = []
+            if piece.info is not None:
+                yield from self._final(so_far, piece, model_name)
+                return
+            text = so_far
+        if piece.info is None:
+            if text or piece.logprobs:
+                metadata = {"logprobs": piece.logprobs} if piece.logprobs else {}
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
+            return
+        yield from self._final(text, piece, model_name)
+
+    def _final(self, text: str, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
+        info = piece.info or {}
+        calls_chunks = []
+        content = text
+        if self.tools and self.choice != "none" and self.parser is not None and text:
+            content, calls, invalid = self.parser.parse(text)
+            for i, call in enumerate(calls):
+                args = json.dumps(call["args"], ensure_ascii=False)
+                calls_chunks.append(tool_call_chunk(name=call["name"], args=args, id=call["id"], index=i))
+            for j, bad in enumerate(invalid, start=len(calls)):
+                calls_chunks.append(
+                    tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
+                )
+        finish = info.get("finish_reason")
+        if calls_chunks and finish == "stop":
+            finish = "tool_calls"
+        counts = {
+            "input_tokens": int(info.get("prompt_tokens", 0)),
+            "output_tokens": int(info.get("completion_tokens", 0)),
+            "total_tokens": int(info.get("total_tokens", 0)),
+        }
+        usage = cast("UsageMetadata", counts)
+        message = AIMessageChunk(
+            content=content,
+            tool_call_chunks=calls_chunks,
+            usage_metadata=usage,
+            response_metadata={"finish_reason": finish, "model_name": model_name, "model_provider": "llamacpp"},
+            chunk_position="last",
+        )
+        yield ChatGenerationChunk(message=message, generation_info={"finish_reason": finish})
+
+
+def _wrap_grammar(gbnf: str, wrap: Callable[[str], str]) -> str:
+    """Turn a JSON grammar (rule ``root``) into one for the parser's call syntax."""
+    marker = "\x00CALL\x00"
+    around = wrap(marker)
+    before, after = around.split(marker)
+    body = "\n".join(
+        ("tool-call-json ::=" + line[len("root ::=") :]) if line.startswith("root ::=") else line
+        for line in gbnf.splitlines()
+    )
+    parts = [json.dumps(before)] if before else []
+    parts.append("tool-call-json")
+    if after:
+        parts.append(json.dumps(after))
+    return f"root ::= {' '.join(parts)}\n{body}\n"
+
+
+def _aggregate(chunks: list[ChatGenerationChunk]) -> ChatResult:
+    if not chunks:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    message = merged.message
+    ai = AIMessage(
+        content=message.content,
+        tool_calls=getattr(message, "tool_calls", []),
+        invalid_tool_calls=getattr(message, "invalid_tool_calls", []),
+        usage_metadata=getattr(message, "usage_metadata", None),
+        response_metadata=message.response_metadata,
+        id=message.id,
+    )
+    return ChatResult(generations=[ChatGeneration(message=ai, generation_info=merged.generation_info)])
