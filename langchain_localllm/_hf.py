@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_localllm._bridge import iterate_in_thread
+from langchain_localllm._hf_grammar import GrammarProcessor
 from langchain_localllm._imports import import_optional
 from langchain_localllm._messages import ChatDict, fold_system, plain_text_prompt
 from langchain_localllm._stop import StopBuffer
@@ -359,7 +360,12 @@ def _template_of(tokenizer: Any, override: str | None) -> Any:
     return override if override is not None else getattr(tokenizer, "chat_template", None)
 
 
-def render_prompt(bundle: HFBundle, messages: Sequence[ChatDict], chat_template: str | None = None) -> list[int]:
+def render_prompt(
+    bundle: HFBundle,
+    messages: Sequence[ChatDict],
+    chat_template: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> list[int]:
     """Render ``messages`` to prompt token ids with the model's chat template.
 
     A template that rejects the system role gets the system text folded into the
@@ -379,23 +385,33 @@ def render_prompt(bundle: HFBundle, messages: Sequence[ChatDict], chat_template:
         )
         raise ChatTemplateError(msg)
     try:
-        return _apply_template(tokenizer, messages, chat_template)
+        return _apply_template(tokenizer, messages, chat_template, tools)
     except ChatTemplateError as first:
         if not any(m.get("role") == "system" for m in messages):
             raise
         logger.debug("chat template rejected the system role (%s); folding it into the first user turn", first)
         try:
-            return _apply_template(tokenizer, fold_system(messages), chat_template)
+            return _apply_template(tokenizer, fold_system(messages), chat_template, tools)
         except ChatTemplateError:
             raise first from None
 
 
-def _apply_template(tokenizer: Any, messages: Sequence[ChatDict], chat_template: str | None) -> list[int]:
+def _apply_template(
+    tokenizer: Any,
+    messages: Sequence[ChatDict],
+    chat_template: str | None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> list[int]:
     from jinja2 import TemplateError  # noqa: PLC0415 - jinja2 comes with transformers
 
     try:
         out = tokenizer.apply_chat_template(
-            list(messages), chat_template=chat_template, tokenize=True, add_generation_prompt=True, return_dict=True
+            list(messages),
+            chat_template=chat_template,
+            tools=list(tools) if tools else None,
+            tokenize=True,
+            add_generation_prompt=True,
+            return_dict=True,
         )
     except (TemplateError, ValueError, TypeError, KeyError) as e:
         msg = f"the chat template failed to render these messages: {e}"
@@ -444,6 +460,8 @@ class Sampling:
     generate_kwargs: Mapping[str, Any] = field(default_factory=dict)
     static_cache: bool | None = None
     """Static KV cache (compiled decoding on CUDA); None = on CUDA where the model supports it."""
+    constraint: str | None = None
+    """A llguidance grammar every answer must match (constrained decoding), or None."""
 
     def generation_config(self, bundle: HFBundle, max_new_tokens: int, prompt_width: int = 0) -> Any:
         """A copy of the model's generation config with these settings applied."""
@@ -708,7 +726,12 @@ def generate_rows(
     ]
     observer = _Observer(states, bundle.eos_ids, None if bundle.is_seq2seq else width, emit, cancels)
     kwargs = dict(sampling.generate_kwargs)
-    criteria = import_optional("transformers").StoppingCriteriaList([observer, *kwargs.pop("stopping_criteria", [])])
+    transformers = import_optional("transformers")
+    criteria = transformers.StoppingCriteriaList([observer, *kwargs.pop("stopping_criteria", [])])
+    if sampling.constraint is not None:
+        n_vocab = int(bundle.model.config.get_text_config(decoder=True).vocab_size)
+        grammar = GrammarProcessor(bundle.tokenizer, n_vocab, sampling.constraint, len(prompts))
+        kwargs["logits_processor"] = transformers.LogitsProcessorList([*kwargs.get("logits_processor", []), grammar])
     config = sampling.generation_config(bundle, max(budgets), width)
     if sampling.seed is not None and config.do_sample:
         torch.manual_seed(sampling.seed)

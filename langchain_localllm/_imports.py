@@ -17,6 +17,7 @@ _EXTRAS = {
     "llama_cpp": ("llama-cpp-python", "llamacpp"),
     "torch": ("torch", "hf"),
     "transformers": ("transformers", "hf"),
+    "llguidance": ("llguidance", "hf"),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from langchain_localllm._gguf import GGUFInfo, file_identity, read_gguf_info
 from langchain_localllm._imports import import_optional
+from langchain_localllm._output import Piece
 from langchain_localllm._stop import ByteStream
 from langchain_localllm.errors import ContextWindowExceededError, GenerationError
 
@@ -254,15 +255,6 @@ class Sampling:
     max_tokens: int | None = 256
     grammar: str | None = None
     logprobs: int | None = None
-
-
-@dataclass
-class Piece:
-    """One step of output: emit-safe text, and on the last piece the final info."""
-
-    text: str
-    info: dict[str, Any] | None = None
-    logprobs: list[dict[str, Any]] | None = None
 
 
 def _check_grammar(llama_cpp: ModuleType, model: LlamaModel, grammar: str) -> Any:

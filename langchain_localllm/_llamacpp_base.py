@@ -121,6 +121,18 @@ class LlamaCppLoadMixin(BaseModel):
             raise ValueError(msg)
         return self
 
+    @model_validator(mode="after")
+    def _load_if_asked(self) -> LlamaCppLoadMixin:
+        if self.load_on_init:
+            self.load()
+        return self
+
+    def _model_name(self) -> str:
+        """``repo_id/filename``, or the file's name without ``.gguf``."""
+        if self.repo_id is not None:
+            return f"{self.repo_id}/{self.filename}"
+        return (self.model_path or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
+
     def _load_settings(self) -> LoadSettings:
         return LoadSettings(
             n_ctx=self.n_ctx,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import Any, Literal
 
+from langchain_core.language_models import LangSmithParams
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from langchain_localllm._llamacpp import Sampling, llama_cpp_module
 from langchain_localllm._options import check_bounds
+from langchain_localllm._stop import merge_stops
 
 __all__ = ["CALL_OPTIONS", "LlamaCppSamplingMixin"]
 
@@ -102,6 +104,24 @@ class LlamaCppSamplingMixin(BaseModel):
             msg = "give grammar or json_schema, not both"
             raise ValueError(msg)
         return self
+
+    def _ls_params(
+        self, model_type: Literal["llm", "chat"], model_name: str, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> LangSmithParams:
+        """LangSmith's standard parameters: provider, model, type, temperature, max_tokens, stops."""
+        params = LangSmithParams(
+            ls_provider="llamacpp",
+            ls_model_name=model_name,
+            ls_model_type=model_type,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stops = merge_stops(self.stop, stop)
+        if stops:
+            params["ls_stop"] = stops
+        return params
 
     def _needs_logits_all(self) -> bool:
         return self.logprobs is not None

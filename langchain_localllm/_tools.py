@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, cast, runtime_checkable
 
-from langchain_core.messages import InvalidToolCall, ToolCall
-from langchain_core.messages.tool import invalid_tool_call, tool_call
+from langchain_core.messages import AIMessageChunk, InvalidToolCall, ToolCall
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from langchain_localllm._output import Piece
 
 __all__ = [
     "HermesToolCallParser",
     "JsonToolCallParser",
     "ParsedOutput",
     "ToolCallParser",
+    "ToolPlan",
     "convert_tools",
     "normalize_tool_choice",
     "parser_for_template",
@@ -216,3 +221,87 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]], only: str | None = None
         msg = f"no bound tool is named {only!r}"
         raise ValueError(msg)
     return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+class ToolPlan:
+    """Per-call tool handling: which parser, which grammar, and how text becomes chunks.
+
+    Without tools, text streams as it comes. With tools, text that is (or may still
+    become) a tool call is held back and parsed at the end, so ``tool_call_chunks``
+    carry complete calls; an answer that turns out to be plain text streams on.
+    """
+
+    def __init__(self, kwargs: Mapping[str, Any], provider: str) -> None:
+        self.tools: list[dict[str, Any]] | None = kwargs.get("tools")
+        self.choice: str = kwargs.get("tool_choice") or "auto"
+        self.parser: ToolCallParser | None = kwargs.get("tool_parser")
+        self.grammar: Any = None
+        """The compiled constraint for a forced call (backend-specific), once resolved."""
+        self._held: list[str] = []
+        self._holding = bool(self.tools) and self.choice != "none"
+        self.provider = provider
+
+    def resolve(self, template: str | None, compile_call: Callable[[dict[str, Any], ToolCallParser], Any]) -> None:
+        """Pick the parser from ``template``; for a forced call, compile its constraint.
+
+        ``compile_call(schema, parser)`` turns the JSON schema of a valid call into the
+        backend's constraint (a GBNF grammar, a llguidance grammar...).
+        """
+        if not self.tools or self.choice == "none":
+            return
+        if self.parser is None:
+            self.parser = parser_for_template(template)
+        if self.choice != "auto":
+            only = None if self.choice == "required" else self.choice
+            self.grammar = compile_call(tool_call_schema(self.tools, only=only), self.parser)
+
+    def chunks(self, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
+        text = piece.text
+        if self._holding and self.parser is not None:
+            self._held.append(text)
+            so_far = "".join(self._held)
+            if piece.info is None and self.parser.may_be_call(so_far):
+                return
+            self._holding = False
+            self._held = []
+            if piece.info is not None:
+                yield from self._final(so_far, piece, model_name)
+                return
+            text = so_far
+        if piece.info is None:
+            if text or piece.logprobs:
+                metadata = {"logprobs": piece.logprobs} if piece.logprobs else {}
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
+            return
+        yield from self._final(text, piece, model_name)
+
+    def _final(self, text: str, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
+        info = piece.info or {}
+        calls_chunks = []
+        content = text
+        if self.tools and self.choice != "none" and self.parser is not None and text:
+            content, calls, invalid = self.parser.parse(text)
+            for i, call in enumerate(calls):
+                args = json.dumps(call["args"], ensure_ascii=False)
+                calls_chunks.append(tool_call_chunk(name=call["name"], args=args, id=call["id"], index=i))
+            for j, bad in enumerate(invalid, start=len(calls)):
+                calls_chunks.append(
+                    tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
+                )
+        finish = info.get("finish_reason")
+        if calls_chunks and finish == "stop":
+            finish = "tool_calls"
+        counts = {
+            "input_tokens": int(info.get("prompt_tokens", 0)),
+            "output_tokens": int(info.get("completion_tokens", 0)),
+            "total_tokens": int(info.get("total_tokens", 0)),
+        }
+        usage = cast("UsageMetadata", counts)
+        message = AIMessageChunk(
+            content=content,
+            tool_call_chunks=calls_chunks,
+            usage_metadata=usage,
+            response_metadata={"finish_reason": finish, "model_name": model_name, "model_provider": self.provider},
+            chunk_position="last",
+        )
+        yield ChatGenerationChunk(message=message, generation_info={"finish_reason": finish})

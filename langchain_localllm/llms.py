@@ -11,7 +11,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LangSmithParams
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, PrivateAttr, field_validator
 
 from langchain_localllm._bridge import aiterate_in_thread
 from langchain_localllm._llamacpp import LlamaModel, Piece, generate_pieces, tokenize_prompt
@@ -70,12 +70,6 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
             raise ValueError(msg)
         return value
 
-    @model_validator(mode="after")
-    def _load_if_asked(self) -> LocalGGMLLLM:
-        if self.load_on_init:
-            self.load()
-        return self
-
     @property
     def _llm_type(self) -> str:
         return "local-gguf-llamacpp"
@@ -103,26 +97,8 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
             "json_schema": self.json_schema,
         }
 
-    def _model_name(self) -> str:
-        if self.repo_id is not None:
-            return f"{self.repo_id}/{self.filename}"
-        name = (self.model_path or "").replace("\\", "/").rsplit("/", 1)[-1]
-        return name.removesuffix(".gguf")
-
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider="llamacpp",
-            ls_model_name=str(kwargs.get("model") or self._model_name()),
-            ls_model_type="llm",
-            ls_temperature=kwargs.get("temperature", self.temperature),
-        )
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        stops = merge_stops(self.stop, stop)
-        if stops:
-            params["ls_stop"] = stops
-        return params
+        return self._ls_params("llm", str(kwargs.get("model") or self._model_name()), stop, kwargs)
 
     # -- prompt -------------------------------------------------------------------
 

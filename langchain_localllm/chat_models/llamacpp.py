@@ -6,17 +6,15 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
-from pydantic import ConfigDict, PrivateAttr, model_validator
+from pydantic import ConfigDict, PrivateAttr
 
 from langchain_localllm._bridge import aiterate_in_thread
 from langchain_localllm._llamacpp import LlamaModel, Piece, generate_pieces, tokenize_prompt
@@ -28,10 +26,9 @@ from langchain_localllm._structured import with_structured_output
 from langchain_localllm._template import render_chat_template
 from langchain_localllm._tools import (
     ToolCallParser,
+    ToolPlan,
     convert_tools,
     normalize_tool_choice,
-    parser_for_template,
-    tool_call_schema,
 )
 from langchain_localllm.errors import ChatTemplateError
 
@@ -77,12 +74,6 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
 
     _parser_override: ToolCallParser | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _load_if_asked(self) -> LocalGGMLChatModel:
-        if self.load_on_init:
-            self.load()
-        return self
-
     @property
     def _llm_type(self) -> str:
         return "local-gguf-llamacpp-chat"
@@ -99,25 +90,8 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
             "stop": self.stop,
         }
 
-    def _model_name(self) -> str:
-        if self.repo_id is not None:
-            return f"{self.repo_id}/{self.filename}"
-        return (self.model_path or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
-
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider="llamacpp",
-            ls_model_name=str(kwargs.get("model") or self._model_name()),
-            ls_model_type="chat",
-            ls_temperature=kwargs.get("temperature", self.temperature),
-        )
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        stops = merge_stops(self.stop, stop)
-        if stops:
-            params["ls_stop"] = stops
-        return params
+        return self._ls_params("chat", str(kwargs.get("model") or self._model_name()), stop, kwargs)
 
     # -- tools and structured output ------------------------------------------------
 
@@ -197,13 +171,16 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
         stop: list[str] | None,
         cancel: threading.Event | None,
         kwargs: dict[str, Any],
-        plan: _ToolPlan,
+        plan: ToolPlan,
     ) -> Iterator[Piece]:
         sampling_kwargs = {k: v for k, v in kwargs.items() if k not in _TOOL_OPTIONS}
         dicts = to_chat_dicts(messages)
         with self._use_model() as entry:
             model = entry.model
-            plan.resolve(self, model)
+            plan.resolve(
+                self.chat_template or model.info.chat_template,
+                lambda schema, parser: _wrap_grammar(self._schema_to_grammar(schema), parser.wrap),
+            )
             if plan.grammar is not None:
                 sampling_kwargs = {**sampling_kwargs, "grammar": plan.grammar, "json_schema": None}
             sampling = self._sampling(sampling_kwargs)
@@ -224,7 +201,7 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         self._check_kwargs(kwargs)
-        plan = _ToolPlan(kwargs)
+        plan = ToolPlan(kwargs, "llamacpp")
         for piece in self._pieces(messages, stop, None, kwargs, plan):
             for chunk in plan.chunks(piece, self._model_name()):
                 if run_manager is not None:
@@ -239,7 +216,7 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         self._check_kwargs(kwargs)
-        plan = _ToolPlan(kwargs)
+        plan = ToolPlan(kwargs, "llamacpp")
         pieces = aiterate_in_thread(lambda cancel: self._pieces(messages, stop, cancel, kwargs, plan))
         try:
             async for piece in pieces:
@@ -267,84 +244,6 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
         **kwargs: Any,
     ) -> ChatResult:
         return _aggregate([c async for c in self._astream(messages, stop, run_manager, **kwargs)])
-
-
-class _ToolPlan:
-    """Per-call tool handling: which parser, which grammar, and how text becomes chunks.
-
-    Without tools, text streams as it comes. With tools, text that is (or may still
-    become) a tool call is held back and parsed at the end, so ``tool_call_chunks``
-    carry complete calls; an answer that turns out to be plain text streams on.
-    """
-
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        self.tools: list[dict[str, Any]] | None = kwargs.get("tools")
-        self.choice: str = kwargs.get("tool_choice") or "auto"
-        self.parser: ToolCallParser | None = kwargs.get("tool_parser")
-        self.grammar: str | None = None
-        self._held: list[str] = []
-        self._holding = bool(self.tools) and self.choice != "none"
-
-    def resolve(self, chat: LocalGGMLChatModel, model: LlamaModel) -> None:
-        if not self.tools or self.choice == "none":
-            return
-        if self.parser is None:
-            self.parser = parser_for_template(chat.chat_template or model.info.chat_template)
-        if self.choice != "auto":
-            only = None if self.choice == "required" else self.choice
-            schema = tool_call_schema(self.tools, only=only)
-            self.grammar = _wrap_grammar(chat._schema_to_grammar(schema), self.parser.wrap)  # noqa: SLF001
-
-    def chunks(self, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
-        text = piece.text
-        if self._holding and self.parser is not None:
-            self._held.append(text)
-            so_far = "".join(self._held)
-            if piece.info is None and self.parser.may_be_call(so_far):
-                return
-            self._holding = False
-            self._held = []
-            if piece.info is not None:
-                yield from self._final(so_far, piece, model_name)
-                return
-            text = so_far
-        if piece.info is None:
-            if text or piece.logprobs:
-                metadata = {"logprobs": piece.logprobs} if piece.logprobs else {}
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
-            return
-        yield from self._final(text, piece, model_name)
-
-    def _final(self, text: str, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
-        info = piece.info or {}
-        calls_chunks = []
-        content = text
-        if self.tools and self.choice != "none" and self.parser is not None and text:
-            content, calls, invalid = self.parser.parse(text)
-            for i, call in enumerate(calls):
-                args = json.dumps(call["args"], ensure_ascii=False)
-                calls_chunks.append(tool_call_chunk(name=call["name"], args=args, id=call["id"], index=i))
-            for j, bad in enumerate(invalid, start=len(calls)):
-                calls_chunks.append(
-                    tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
-                )
-        finish = info.get("finish_reason")
-        if calls_chunks and finish == "stop":
-            finish = "tool_calls"
-        counts = {
-            "input_tokens": int(info.get("prompt_tokens", 0)),
-            "output_tokens": int(info.get("completion_tokens", 0)),
-            "total_tokens": int(info.get("total_tokens", 0)),
-        }
-        usage = cast("UsageMetadata", counts)
-        message = AIMessageChunk(
-            content=content,
-            tool_call_chunks=calls_chunks,
-            usage_metadata=usage,
-            response_metadata={"finish_reason": finish, "model_name": model_name, "model_provider": "llamacpp"},
-            chunk_position="last",
-        )
-        yield ChatGenerationChunk(message=message, generation_info={"finish_reason": finish})
 
 
 def _wrap_grammar(gbnf: str, wrap: Callable[[str], str]) -> str:

@@ -1,0 +1,95 @@
+"""Constrained decoding for transformers, through llguidance.
+
+llguidance (the Rust engine behind Microsoft's guidance) compiles a JSON schema or a
+Lark grammar against the model's tokenizer and gives, at every step, the set of
+tokens that keep the output valid; :class:`GrammarProcessor` is a transformers logits
+processor that masks everything else. It was chosen over xgrammar (which pulls in
+triton and apache-tvm-ffi on Linux), outlines (heavy) and lm-format-enforcer (pure
+Python, slower): llguidance has no Python dependencies and ships manylinux wheels.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from langchain_localllm._imports import import_optional
+
+__all__ = ["GrammarProcessor", "json_schema_grammar", "tool_call_grammar"]
+
+_tokenizers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_tokenizers_lock = threading.Lock()
+
+
+def _llguidance() -> Any:
+    return import_optional("llguidance")
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> str:
+    """A llguidance grammar for JSON matching ``schema``."""
+    return str(_llguidance().LLMatcher.grammar_from_json_schema(json.dumps(schema)))
+
+
+def tool_call_grammar(schema: dict[str, Any], wrap: Callable[[str], str]) -> str:
+    """A grammar for one call (JSON matching ``schema``) in the parser's syntax (``wrap``)."""
+    marker = "\x00CALL\x00"
+    before, after = wrap(marker).split(marker)
+    parts = [json.dumps(before)] if before else []
+    parts.append("call")
+    if after:
+        parts.append(json.dumps(after))
+    lark = f"start: {' '.join(parts)}\ncall: %json {json.dumps(schema)}\n"
+    return str(_llguidance().LLMatcher.grammar_from_lark(lark))
+
+
+def _lltokenizer(tokenizer: Any, n_vocab: int) -> Any:
+    """The llguidance view of ``tokenizer`` (built once per tokenizer and vocabulary size)."""
+    _llguidance()  # names the extra if llguidance is missing
+    with _tokenizers_lock:
+        cached = _tokenizers.get(tokenizer)
+        if cached is None or cached[0] != n_vocab:
+            cached = (n_vocab, importlib.import_module("llguidance.hf").from_tokenizer(tokenizer, n_vocab=n_vocab))
+            _tokenizers[tokenizer] = cached
+    return cached[1]
+
+
+class GrammarProcessor:
+    """A transformers logits processor that keeps every row inside ``grammar``.
+
+    One llguidance matcher per batch row: each step it consumes the row's last token
+    and masks the logits of every token the grammar does not allow next. A row whose
+    grammar is complete can only end (EOS).
+    """
+
+    def __init__(self, tokenizer: Any, n_vocab: int, grammar: str, rows: int) -> None:
+        """Compile ``grammar`` for ``rows`` rows.
+
+        Raises:
+            ValueError: llguidance cannot compile the grammar (e.g. an unsupported schema).
+        """
+        llg = _llguidance()
+        self._torch_ops = importlib.import_module("llguidance.torch")
+        lltok = _lltokenizer(tokenizer, n_vocab)
+        self.matchers = [llg.LLMatcher(lltok, grammar) for _ in range(rows)]
+        error = self.matchers[0].get_error() if self.matchers and self.matchers[0].is_error() else ""
+        if error:
+            msg = f"llguidance cannot express this schema or grammar: {error}"
+            raise ValueError(msg)
+        self.bitmask = self._torch_ops.allocate_token_bitmask(rows, lltok.vocab_size)
+        self._started = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """Mask ``scores`` to the tokens each row's grammar allows next."""
+        if self._started:
+            for matcher, token in zip(self.matchers, input_ids[:, -1].tolist(), strict=True):
+                if not matcher.is_stopped():
+                    matcher.consume_token(token)
+        self._started = True
+        for row, matcher in enumerate(self.matchers):
+            self._torch_ops.fill_next_token_bitmask(matcher, self.bitmask, row)
+        self._torch_ops.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+        return scores
