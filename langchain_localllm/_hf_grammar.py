@@ -29,9 +29,37 @@ def _llguidance() -> Any:
     return import_optional("llguidance")
 
 
+_COMPACT = {"whitespace_flexible": False}
+"""llguidance options: no free whitespace between JSON tokens. With it, a model can pad
+forever with newlines (the tiny test model does) and never close the object."""
+
+
+def _closed(node: Any) -> Any:
+    """Objects without ``additionalProperties`` get ``false``.
+
+    JSON Schema allows extra keys by default, and a constrained model will use that
+    freedom (a repeated ``"name"`` key silently replaced a tool's name in testing);
+    generated objects should hold exactly the declared properties, as in OpenAI's
+    strict mode and llama.cpp's converter.
+    """
+    if isinstance(node, dict):
+        out = {k: _closed(v) for k, v in node.items()}
+        if ("properties" in out or out.get("type") == "object") and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [_closed(v) for v in node]
+    return node
+
+
+def _compact(schema: dict[str, Any]) -> dict[str, Any]:
+    closed = _closed(schema)
+    return {**closed, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
+
+
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     """A llguidance grammar for JSON matching ``schema``."""
-    return str(_llguidance().LLMatcher.grammar_from_json_schema(json.dumps(schema)))
+    return str(_llguidance().LLMatcher.grammar_from_json_schema(json.dumps(_compact(schema))))
 
 
 def tool_call_grammar(schema: dict[str, Any], wrap: Callable[[str], str]) -> str:
@@ -42,7 +70,7 @@ def tool_call_grammar(schema: dict[str, Any], wrap: Callable[[str], str]) -> str
     parts.append("call")
     if after:
         parts.append(json.dumps(after))
-    lark = f"start: {' '.join(parts)}\ncall: %json {json.dumps(schema)}\n"
+    lark = f"start: {' '.join(parts)}\ncall: %json {json.dumps(_compact(schema))}\n"
     return str(_llguidance().LLMatcher.grammar_from_lark(lark))
 
 

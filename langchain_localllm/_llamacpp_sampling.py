@@ -154,6 +154,7 @@ class LlamaCppSamplingMixin(BaseModel):
         )
 
     def _schema_to_grammar(self, schema: dict[str, Any]) -> str:
+        _check_gbnf_expressible(schema)
         key = json.dumps(schema, sort_keys=True)
         with self._schema_lock:
             if key not in self._schema_grammars:
@@ -169,3 +170,51 @@ class LlamaCppSamplingMixin(BaseModel):
                     )
                     raise ValueError(msg) from e
             return self._schema_grammars[key]
+
+
+_GBNF_UNSUPPORTED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "patternProperties",
+        "minProperties",
+        "maxProperties",
+        "contains",
+    }
+)
+"""JSON-schema keywords that llama-cpp-python's schema-to-GBNF converter ignores."""
+
+
+def _check_gbnf_expressible(node: Any, path: str = "$") -> None:
+    """Refuse a schema whose constraints the GBNF converter would silently drop.
+
+    Raises:
+        ValueError: Naming the first such keyword and where it is.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _GBNF_UNSUPPORTED:
+                msg = (
+                    f"llama.cpp cannot express the JSON-schema keyword {key!r} (at {path}) as a grammar; it would be "
+                    "silently ignored. Remove it from the schema (e.g. a pydantic Field(ge=..., le=...)), or use "
+                    "HFLocalChatModel, whose constraint engine (llguidance) supports it."
+                )
+                raise ValueError(msg)
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                for name, sub in value.items():
+                    _check_gbnf_expressible(sub, f"{path}.{name}")
+            else:
+                _check_gbnf_expressible(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_gbnf_expressible(item, f"{path}[{i}]")

@@ -10,9 +10,13 @@ other chat models.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
@@ -20,12 +24,32 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from pydantic import BaseModel
 from pydantic.v1 import BaseModel as BaseModelV1
 
-if TYPE_CHECKING:
-    from langchain_core.language_models import BaseChatModel
+from langchain_localllm._tools import convert_tools, normalize_tool_choice
 
-__all__ = ["with_structured_output"]
+if TYPE_CHECKING:
+    from langchain_core.language_models import LanguageModelInput
+    from langchain_core.messages import AIMessage
+
+    from langchain_localllm._tools import ToolCallParser
+
+__all__ = ["ToolCallingChatModel", "with_structured_output"]
 
 _METHODS = ("json_schema", "function_calling", "json_mode")
+
+
+def _require_complete(message: BaseMessage) -> BaseMessage:
+    """Refuse an answer that ``max_tokens`` cut off before its JSON was complete.
+
+    LangChain's JSON parser completes partial JSON (``{"a": "x`` parses as
+    ``{"a": "x"}``), which would pass a truncated answer off as a whole one.
+    """
+    if message.response_metadata.get("finish_reason") == "length":
+        msg = (
+            "the structured answer was cut off by max_tokens before the JSON was complete; "
+            "raise max_tokens or bound the schema (maxLength / maxItems)"
+        )
+        raise OutputParserException(msg, llm_output=message.text)
+    return message
 
 
 def _is_pydantic(schema: Any) -> bool:
@@ -69,7 +93,8 @@ def with_structured_output(
         llm = chat.bind(
             json_schema=json_schema, ls_structured_output_format={"kwargs": {"method": method}, "schema": schema}
         )
-        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        base = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        parser = RunnableLambda(_require_complete) | base
     if not include_raw:
         return llm | parser
     parse_raw = RunnablePassthrough.assign(
@@ -77,3 +102,54 @@ def with_structured_output(
     )
     on_error = RunnablePassthrough.assign(parsed=RunnableLambda(lambda _: None))
     return RunnableMap(raw=llm) | parse_raw.with_fallbacks([on_error], exception_key="parsing_error")
+
+
+class ToolCallingChatModel(BaseChatModel):
+    """``bind_tools`` and ``with_structured_output`` for the package's chat models.
+
+    Tools and schemas are bound as call options (``tools``, ``tool_choice``,
+    ``tool_parser``, ``json_schema``); each backend turns them into template input,
+    constrained decoding and parsed ``tool_calls``.
+    """
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        tool_parser: ToolCallParser | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, functions, pydantic models, JSON-schema dicts).
+
+        Args:
+            tools: The tools the model may call.
+            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"`` (a call
+                is forced, decoding constrained to a valid call), or a tool name.
+            tool_parser: How the model writes calls; default chosen from the chat template.
+            **kwargs: Further call options bound alongside.
+        """
+        specs = convert_tools(tools)
+        choice = normalize_tool_choice(tool_choice, specs)
+        return self.bind(tools=specs, tool_choice=choice, tool_parser=tool_parser, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: Any = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Answers that always parse: decoding is constrained to ``schema``.
+
+        Args:
+            schema: A pydantic model, TypedDict or JSON-schema dict (``None`` for ``json_mode``).
+            method: ``"json_schema"`` (default), ``"function_calling"`` or ``"json_mode"``.
+            include_raw: Return ``{"raw", "parsed", "parsing_error"}``.
+            strict: Accepted for compatibility; constrained decoding is always strict.
+            **kwargs: Not supported (an error names them).
+        """
+        del strict  # constrained decoding already guarantees the schema
+        return with_structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)

@@ -215,6 +215,7 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]], only: str | None = None
                 "type": "object",
                 "properties": {"name": {"const": function["name"]}, "arguments": parameters},
                 "required": ["name", "arguments"],
+                "additionalProperties": False,
             }
         )
     if not options:
@@ -240,6 +241,11 @@ class ToolPlan:
         self._held: list[str] = []
         self._holding = bool(self.tools) and self.choice != "none"
         self.provider = provider
+
+    @property
+    def active(self) -> bool:
+        """Whether tools are bound and may be called (``tool_choice`` is not ``"none"``)."""
+        return bool(self.tools) and self.choice != "none"
 
     def resolve(self, template: str | None, compile_call: Callable[[dict[str, Any], ToolCallParser], Any]) -> None:
         """Pick the parser from ``template``; for a forced call, compile its constraint.

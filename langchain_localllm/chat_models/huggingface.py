@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import re
 import threading
@@ -11,10 +12,10 @@ from contextlib import contextmanager
 from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -36,9 +37,13 @@ from langchain_localllm._hf import (
     run_batch,
     stream_events,
 )
+from langchain_localllm._hf_grammar import json_schema_grammar, tool_call_grammar
 from langchain_localllm._messages import ChatDict, to_chat_dicts
 from langchain_localllm._options import check_bounds
+from langchain_localllm._output import ChunkAggregate, Piece
 from langchain_localllm._stop import merge_stops
+from langchain_localllm._structured import ToolCallingChatModel
+from langchain_localllm._tools import ToolPlan
 from langchain_localllm.errors import ModelNotFoundError
 
 __all__ = ["HFLocalChatModel"]
@@ -47,8 +52,24 @@ logger = logging.getLogger("langchain_localllm")
 
 PROVIDER = "huggingface"
 
-_CALL_OPTIONS = frozenset(
-    {"temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed", "generate_kwargs", "model", "stream"}
+_TOOL_OPTIONS = frozenset({"tools", "tool_choice", "tool_parser", "json_schema", "ls_structured_output_format"})
+"""Bound by ``bind_tools``/``with_structured_output``: template tools and decoding constraints."""
+
+_CALL_OPTIONS = (
+    frozenset(
+        {
+            "temperature",
+            "top_p",
+            "top_k",
+            "repetition_penalty",
+            "max_tokens",
+            "seed",
+            "generate_kwargs",
+            "model",
+            "stream",
+        }
+    )
+    | _TOOL_OPTIONS
 )
 """Options accepted per call (``invoke(..., temperature=0.7)``, ``.bind(max_tokens=64)``)."""
 
@@ -76,7 +97,7 @@ def _check_generate_kwargs(kwargs: Mapping[str, Any]) -> None:
             raise ValueError(msg)
 
 
-class HFLocalChatModel(BaseChatModel):
+class HFLocalChatModel(ToolCallingChatModel):
     """A LangChain chat model over a local Hugging Face ``transformers`` model.
 
     Messages are rendered with the tokenizer's own chat template and the token ids go
@@ -412,20 +433,44 @@ class HFLocalChatModel(BaseChatModel):
         kwargs: Mapping[str, Any],
         plan: BatchPlan | None,
         cancel: threading.Event | None = None,
+        *,
+        tools: ToolPlan | None = None,
     ) -> Iterator[Event]:
         """The answer to ``messages`` as backend events (from a batch plan, or generated now)."""
         sampling, override = self._call_settings(kwargs)
         stops = merge_stops(self.stop, stop)
         conversation = to_chat_dicts(messages)
-        if plan is not None:
+        constrained = bool(kwargs.get("tools")) or kwargs.get("json_schema") is not None
+        if plan is not None and not constrained:  # constrained calls run one by one
             slot = plan.claim(self, conversation, stop, kwargs)
             if slot is not None:
                 yield from plan.events(slot, lambda: self._run_plan(plan, sampling, override, stops))
                 return
         with self._use_bundle(override) as bundle:
-            prompt = render_prompt(bundle, conversation, self.chat_template)
+            sampling, send_tools = self._constrain(bundle, sampling, kwargs, tools)
+            prompt = render_prompt(bundle, conversation, self.chat_template, tools=send_tools)
             budget = row_budget(bundle, len(prompt), sampling.max_tokens)
             yield from stream_events(bundle, prompt, budget, sampling=sampling, stops=stops, cancel=cancel)
+
+    def _constrain(
+        self, bundle: HFBundle, sampling: Sampling, kwargs: Mapping[str, Any], tools: ToolPlan | None
+    ) -> tuple[Sampling, list[dict[str, Any]] | None]:
+        """Apply bound tools / schema: the tools the template sees, and the decoding constraint."""
+        constraint = None
+        send_tools = None
+        if tools is not None and tools.active:
+            template = self.chat_template or getattr(bundle.tokenizer, "chat_template", None)
+            tools.resolve(
+                template if isinstance(template, str) else None,
+                lambda schema, parser: tool_call_grammar(schema, parser.wrap),
+            )
+            constraint = tools.grammar
+            send_tools = tools.tools
+        if constraint is None and kwargs.get("json_schema") is not None:
+            constraint = json_schema_grammar(kwargs["json_schema"])
+        if constraint is not None:
+            sampling = dataclasses.replace(sampling, constraint=constraint)
+        return sampling, send_tools
 
     def _run_plan(
         self, plan: BatchPlan, sampling: Sampling, override: str | None, stops: list[str]
@@ -451,6 +496,21 @@ class HFLocalChatModel(BaseChatModel):
         )
         return ChatGenerationChunk(message=message, generation_info=info)
 
+    def _chunks(self, event: Event, model_name: str, tools: ToolPlan) -> Iterator[ChatGenerationChunk]:
+        """Chunks for one event: plain, or through the tool plan when tools are bound."""
+        if not tools.active:
+            yield self._chunk(event, model_name)
+            return
+        info = None
+        if isinstance(event, FinishEvent):
+            info = {
+                "finish_reason": event.finish_reason,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "total_tokens": event.prompt_tokens + event.completion_tokens,
+            }
+        yield from tools.chunks(Piece(event.text, info=info), model_name)
+
     def _model_name(self, kwargs: Mapping[str, Any]) -> str:
         override = kwargs.get("model")
         return override if isinstance(override, str) else self.model
@@ -463,11 +523,12 @@ class HFLocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         name = self._model_name(kwargs)
-        for event in self._events(messages, stop, kwargs, _ACTIVE_PLAN.get()):
-            chunk = self._chunk(event, name)
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        tools = ToolPlan(kwargs, PROVIDER)
+        for event in self._events(messages, stop, kwargs, _ACTIVE_PLAN.get(), tools=tools):
+            for chunk in self._chunks(event, name, tools):
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     async def _astream(
         self,
@@ -478,13 +539,14 @@ class HFLocalChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         name = self._model_name(kwargs)
         plan = _ACTIVE_PLAN.get()  # the worker thread does not inherit context variables
-        events = aiterate_in_thread(lambda cancel: self._events(messages, stop, kwargs, plan, cancel))
+        tools = ToolPlan(kwargs, PROVIDER)
+        events = aiterate_in_thread(lambda cancel: self._events(messages, stop, kwargs, plan, cancel, tools=tools))
         try:
             async for event in events:
-                chunk = self._chunk(event, name)
-                if run_manager is not None:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
+                for chunk in self._chunks(event, name, tools):
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
         finally:
             await events.aclose()
 
@@ -495,7 +557,7 @@ class HFLocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        acc = _Aggregate()
+        acc = ChunkAggregate()
         for chunk in self._stream(messages, stop, run_manager, **kwargs):
             acc.add(chunk)
         return acc.result()
@@ -507,7 +569,7 @@ class HFLocalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        acc = _Aggregate()
+        acc = ChunkAggregate()
         async for chunk in self._astream(messages, stop, run_manager, **kwargs):
             acc.add(chunk)
         return acc.result()
@@ -593,26 +655,3 @@ class HFLocalChatModel(BaseChatModel):
             finally:
                 _ACTIVE_PLAN.reset(token)
         return results
-
-
-class _Aggregate:
-    """Joins streamed chunks into one ``ChatResult`` (linear, unlike repeated ``+``)."""
-
-    __slots__ = ("last", "texts")
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.last: ChatGenerationChunk | None = None
-
-    def add(self, chunk: ChatGenerationChunk) -> None:
-        self.texts.append(chunk.text)
-        if isinstance(chunk.message, AIMessageChunk) and chunk.message.usage_metadata is not None:
-            self.last = chunk
-
-    def result(self) -> ChatResult:
-        last = self.last
-        usage = last.message.usage_metadata if last is not None and isinstance(last.message, AIMessageChunk) else None
-        metadata = dict(last.message.response_metadata) if last is not None else {}
-        message = AIMessage(content="".join(self.texts), usage_metadata=usage, response_metadata=metadata)
-        info = dict(last.generation_info or {}) if last is not None else None
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info or None)])

@@ -5,30 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LangSmithParams, LanguageModelInput
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.language_models import LangSmithParams
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
 from langchain_localllm._bridge import aiterate_in_thread
-from langchain_localllm._llamacpp import LlamaModel, Piece, generate_pieces, tokenize_prompt
+from langchain_localllm._llamacpp import LlamaModel, generate_pieces, tokenize_prompt
 from langchain_localllm._llamacpp_base import LlamaCppLoadMixin
 from langchain_localllm._llamacpp_sampling import CALL_OPTIONS, LlamaCppSamplingMixin
 from langchain_localllm._messages import ChatDict, fold_system, to_chat_dicts
+from langchain_localllm._output import ChunkAggregate, Piece
 from langchain_localllm._stop import merge_stops
-from langchain_localllm._structured import with_structured_output
+from langchain_localllm._structured import ToolCallingChatModel
 from langchain_localllm._template import render_chat_template
 from langchain_localllm._tools import (
     ToolCallParser,
     ToolPlan,
-    convert_tools,
-    normalize_tool_choice,
 )
 from langchain_localllm.errors import ChatTemplateError
 
@@ -39,7 +36,7 @@ logger = logging.getLogger("langchain_localllm")
 _TOOL_OPTIONS = frozenset({"tools", "tool_choice", "tool_parser", "ls_structured_output_format"})
 
 
-class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel):
+class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, ToolCallingChatModel):
     """A LangChain chat model over a local GGUF model run by llama.cpp.
 
     Messages are rendered with the GGUF's own chat template (``tokenizer.chat_template``)
@@ -92,50 +89,6 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return self._ls_params("chat", str(kwargs.get("model") or self._model_name()), stop, kwargs)
-
-    # -- tools and structured output ------------------------------------------------
-
-    def bind_tools(
-        self,
-        tools: Sequence[Any],
-        *,
-        tool_choice: str | bool | dict[str, Any] | None = None,
-        tool_parser: ToolCallParser | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools (LangChain tools, functions, pydantic models, JSON-schema dicts).
-
-        Args:
-            tools: The tools the model may call.
-            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"`` (a call
-                is forced, decoding constrained to a valid call), or a tool name.
-            tool_parser: How the model writes calls; default chosen from the chat template.
-            **kwargs: Further call options bound alongside.
-        """
-        specs = convert_tools(tools)
-        choice = normalize_tool_choice(tool_choice, specs)
-        return self.bind(tools=specs, tool_choice=choice, tool_parser=tool_parser, **kwargs)
-
-    def with_structured_output(
-        self,
-        schema: Any = None,
-        *,
-        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
-        include_raw: bool = False,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, Any]:
-        """Answers that always parse: decoding is constrained to ``schema``.
-
-        Args:
-            schema: A pydantic model, TypedDict or JSON-schema dict (``None`` for ``json_mode``).
-            method: ``"json_schema"`` (default), ``"function_calling"`` or ``"json_mode"``.
-            include_raw: Return ``{"raw", "parsed", "parsing_error"}``.
-            strict: Accepted for compatibility; constrained decoding is always strict.
-            **kwargs: Not supported (an error names them).
-        """
-        del strict  # constrained decoding already guarantees the schema
-        return with_structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 
     # -- rendering --------------------------------------------------------------------
 
@@ -234,7 +187,10 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _aggregate(list(self._stream(messages, stop, run_manager, **kwargs)))
+        acc = ChunkAggregate()
+        for chunk in self._stream(messages, stop, run_manager, **kwargs):
+            acc.add(chunk)
+        return acc.result()
 
     async def _agenerate(
         self,
@@ -243,7 +199,10 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, BaseChatModel
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _aggregate([c async for c in self._astream(messages, stop, run_manager, **kwargs)])
+        acc = ChunkAggregate()
+        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
+            acc.add(chunk)
+        return acc.result()
 
 
 def _wrap_grammar(gbnf: str, wrap: Callable[[str], str]) -> str:
@@ -260,21 +219,3 @@ def _wrap_grammar(gbnf: str, wrap: Callable[[str], str]) -> str:
     if after:
         parts.append(json.dumps(after))
     return f"root ::= {' '.join(parts)}\n{body}\n"
-
-
-def _aggregate(chunks: list[ChatGenerationChunk]) -> ChatResult:
-    if not chunks:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
-    merged = chunks[0]
-    for chunk in chunks[1:]:
-        merged += chunk
-    message = merged.message
-    ai = AIMessage(
-        content=message.content,
-        tool_calls=getattr(message, "tool_calls", []),
-        invalid_tool_calls=getattr(message, "invalid_tool_calls", []),
-        usage_metadata=getattr(message, "usage_metadata", None),
-        response_metadata=message.response_metadata,
-        id=message.id,
-    )
-    return ChatResult(generations=[ChatGeneration(message=ai, generation_info=merged.generation_info)])

@@ -34,11 +34,19 @@ class TestHFLocalChatModelStandard(ChatModelUnitTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False  # arrives with a later issue
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False  # arrives with a later issue
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
 
     @property
     def returns_usage_metadata(self) -> bool:
