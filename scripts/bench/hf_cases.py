@@ -230,3 +230,30 @@ def case_gpu(repeats: int, *, quick: bool) -> Comparison:
     import gpu
 
     return gpu.run(repeats, quick=quick)
+
+
+def case_grammar_cost(hf: Path, repeats: int, *, quick: bool) -> Comparison:
+    """llguidance-constrained decoding's cost on transformers: free text vs a JSON schema."""
+    n_new = 64 if quick else 128
+    comp = Comparison("9b", f"Constrained decoding cost on HF (llguidance), {n_new} tokens (tokens/s)")
+    model, tok = load_raw(hf)
+    chat = HFLocalChatModel.from_model_and_tokenizer(model, tok, max_tokens=n_new, temperature=0)
+    schema = {
+        "type": "object",
+        "properties": {"flower": {"type": "string"}, "notes": {"type": "array", "items": {"type": "string"}}},
+        "required": ["flower", "notes"],
+    }
+
+    def rate(**kwargs: Any) -> float:
+        seconds, msg = timed(lambda: chat.invoke([HumanMessage(STREAM_PROMPT)], **kwargs))
+        return (msg.usage_metadata or {}).get("output_tokens", 0) / seconds
+
+    stats = interleave(
+        {"unconstrained": rate, "JSON-schema (llguidance)": lambda: rate(json_schema=schema)},
+        repeats=repeats,
+        unit="tok/s",
+    )
+    comp.sides = list(stats.values())
+    ratio = stats["JSON-schema (llguidance)"].median / stats["unconstrained"].median
+    comp.notes.append(f"constrained / unconstrained tokens/s: {ratio:.3f} (report only)")
+    return comp

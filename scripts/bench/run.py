@@ -182,6 +182,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
             ("5", lambda: hf_cases.case_stream(hf, repeats, quick=quick)),
             ("6", lambda: hf_cases.case_batch(hf, repeats, quick=quick)),
         ]
+        cases.append(("9b", lambda: hf_cases.case_grammar_cost(hf, repeats, quick=quick)))
         cases.append(("8", lambda: hf_cases.case_gpu(repeats, quick=quick)))
     out = []
     for number, fn in cases:

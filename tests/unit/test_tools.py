@@ -1,0 +1,151 @@
+"""Tool-call parsing, tool_choice, call schemas and schema checks: no model needed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from langchain_localllm._hf_grammar import _closed
+from langchain_localllm._llamacpp_sampling import _check_gbnf_expressible
+from langchain_localllm._tools import (
+    HermesToolCallParser,
+    JsonToolCallParser,
+    convert_tools,
+    normalize_tool_choice,
+    parser_for_template,
+    tool_call_schema,
+)
+
+
+def get_price(flower: str) -> str:
+    """Get the price of a flower.
+
+    Args:
+        flower: The flower name
+    """
+    return flower
+
+
+class Order(BaseModel):
+    """Order flowers."""
+
+    flower: str
+    stems: int = Field(ge=1)
+
+
+TOOLS = convert_tools([get_price, Order])
+
+
+def test_hermes_parses_blocks_and_keeps_surrounding_text() -> None:
+    text = 'Let me check.\n<tool_call>\n{"name": "get_price", "arguments": {"flower": "rose"}}\n</tool_call>'
+    content, calls, invalid = HermesToolCallParser().parse(text)
+    assert content == "Let me check."
+    assert [(c["name"], c["args"]) for c in calls] == [("get_price", {"flower": "rose"})]
+    assert calls[0]["id"]
+    assert invalid == []
+
+
+def test_hermes_is_not_fooled_by_a_closing_tag_inside_a_string() -> None:
+    text = '<tool_call>{"name": "get_price", "arguments": {"flower": "</tool_call> rose"}}</tool_call>'
+    _, calls, invalid = HermesToolCallParser().parse(text)
+    assert calls[0]["args"] == {"flower": "</tool_call> rose"}
+    assert invalid == []
+
+
+def test_hermes_several_calls_string_arguments_and_bad_json() -> None:
+    text = (
+        '<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>'
+        '<tool_call>{"name": "b", "arguments": {}}</tool_call>'
+        "<tool_call>{not json</tool_call>"
+    )
+    content, calls, invalid = HermesToolCallParser().parse(text)
+    assert [(c["name"], c["args"]) for c in calls] == [("a", {"x": 1}), ("b", {})]
+    assert len(invalid) == 1
+    assert "invalid JSON" in (invalid[0]["error"] or "")
+    assert content == ""
+
+
+def test_plain_text_is_content() -> None:
+    assert HermesToolCallParser().parse("Roses are red.") == ("Roses are red.", [], [])
+    assert JsonToolCallParser().parse("Roses are red.") == ("Roses are red.", [], [])
+
+
+def test_json_parser_object_and_list() -> None:
+    _, calls, _ = JsonToolCallParser().parse('{"name": "get_price", "parameters": {"flower": "lily"}}')
+    assert calls[0]["args"] == {"flower": "lily"}
+    _, calls, _ = JsonToolCallParser().parse('[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]')
+    assert [c["name"] for c in calls] == ["a", "b"]
+    assert JsonToolCallParser().parse('{"answer": 4}')[1] == []  # JSON, but not a call
+
+
+def test_may_be_call_holds_back_only_possible_calls() -> None:
+    hermes = HermesToolCallParser()
+    assert hermes.may_be_call("")
+    assert hermes.may_be_call("<tool")
+    assert hermes.may_be_call("  <tool_call>{")
+    assert not hermes.may_be_call("Roses")
+    assert JsonToolCallParser().may_be_call("{")
+    assert not JsonToolCallParser().may_be_call("Hello")
+
+
+def test_parser_for_template() -> None:
+    assert parser_for_template("... <tool_call> ...").name == "hermes"
+    assert parser_for_template("{{ messages }}").name == "json"
+    assert parser_for_template(None).name == "json"
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (None, "auto"),
+        ("auto", "auto"),
+        ("none", "none"),
+        ("any", "required"),
+        ("required", "required"),
+        (True, "required"),
+        ("get_price", "get_price"),
+        ({"type": "function", "function": {"name": "Order"}}, "Order"),
+    ],
+)
+def test_normalize_tool_choice(choice: Any, expected: str) -> None:
+    assert normalize_tool_choice(choice, TOOLS) == expected
+
+
+def test_unknown_tool_choice() -> None:
+    with pytest.raises(ValueError, match="not 'auto'"):
+        normalize_tool_choice("nope", TOOLS)
+
+
+def test_tool_call_schema_is_closed_and_names_each_tool() -> None:
+    schema = tool_call_schema(TOOLS)
+    names = [option["properties"]["name"]["const"] for option in schema["anyOf"]]
+    assert names == ["get_price", "Order"]
+    assert all(option["additionalProperties"] is False for option in schema["anyOf"])
+    only = tool_call_schema(TOOLS, only="Order")
+    assert only["properties"]["name"] == {"const": "Order"}
+    with pytest.raises(ValueError, match="no bound tool"):
+        tool_call_schema(TOOLS, only="nope")
+
+
+def test_wrap_round_trips_through_the_parser() -> None:
+    call = json.dumps({"name": "get_price", "arguments": {"flower": "玫瑰"}}, ensure_ascii=False)
+    for parser in (HermesToolCallParser(), JsonToolCallParser()):
+        _, calls, _ = parser.parse(parser.wrap(call))
+        assert calls[0]["args"] == {"flower": "玫瑰"}
+
+
+def test_gbnf_check_refuses_dropped_keywords_but_not_property_names() -> None:
+    _check_gbnf_expressible({"type": "object", "properties": {"minimum": {"type": "integer"}}})
+    with pytest.raises(ValueError, match=r"'minimum' \(at \$\.stems\)"):
+        _check_gbnf_expressible({"properties": {"stems": {"minimum": 1}}})
+
+
+def test_llguidance_schemas_are_closed() -> None:
+    closed = _closed({"type": "object", "properties": {"a": {"type": "object", "properties": {}}}})
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    kept = _closed({"type": "object", "additionalProperties": True})
+    assert kept["additionalProperties"] is True
