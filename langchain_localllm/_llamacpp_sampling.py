@@ -9,6 +9,7 @@ except ``logprobs``, which needs the model loaded with ``logits_all``.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from typing import Any, Literal
 
@@ -154,6 +155,7 @@ class LlamaCppSamplingMixin(BaseModel):
         )
 
     def _schema_to_grammar(self, schema: dict[str, Any]) -> str:
+        schema = _enumerate_small_int_ranges(schema)
         _check_gbnf_expressible(schema)
         key = json.dumps(schema, sort_keys=True)
         with self._schema_lock:
@@ -218,3 +220,43 @@ def _check_gbnf_expressible(node: Any, path: str = "$") -> None:
     elif isinstance(node, list):
         for i, item in enumerate(node):
             _check_gbnf_expressible(item, f"{path}[{i}]")
+
+
+MAX_ENUMERATED_INTS = 4096
+"""Bounded integer ranges up to this size are rewritten as an ``enum`` the converter can express."""
+
+_INT_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _enumerate_small_int_ranges(node: Any) -> Any:
+    """Rewrite ``{"type": "integer", minimum/maximum...}`` with a small range as an ``enum``.
+
+    llama-cpp-python's converter ignores numeric bounds; an enum of the allowed values
+    says the same thing in a form it does express. Open or large ranges are left alone
+    (and then refused by :func:`_check_gbnf_expressible`).
+    """
+    if isinstance(node, list):
+        return [_enumerate_small_int_ranges(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _enumerate_small_int_ranges(v) for k, v in node.items()}
+    if out.get("type") != "integer" or not any(k in out for k in _INT_BOUNDS):
+        return out
+    lows = [math.ceil(out["minimum"])] if _is_number(out.get("minimum")) else []
+    if _is_number(out.get("exclusiveMinimum")):
+        lows.append(math.floor(out["exclusiveMinimum"]) + 1)
+    highs = [math.floor(out["maximum"])] if _is_number(out.get("maximum")) else []
+    if _is_number(out.get("exclusiveMaximum")):
+        highs.append(math.ceil(out["exclusiveMaximum"]) - 1)
+    low = max(lows) if lows else None
+    high = min(highs) if highs else None
+    if low is None or high is None or high - low + 1 > MAX_ENUMERATED_INTS or high < low:
+        return out
+    for key in _INT_BOUNDS:
+        out.pop(key, None)
+    out["enum"] = list(range(int(low), int(high) + 1))
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

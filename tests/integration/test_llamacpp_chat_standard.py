@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from langchain_core.language_models import BaseChatModel
-
 from langchain_localllm.chat_models import LocalGGMLChatModel
 
 from ._tiny_expectations import TinyModelExpectations
@@ -50,10 +47,3 @@ class TestLocalGGMLChatModelIntegration(TinyModelExpectations):
     @property
     def supports_model_override(self) -> bool:
         return False
-
-    @pytest.mark.xfail(
-        reason="the suite's tool has an exclusiveMaximum bound, which llama-cpp-python's GBNF converter cannot "
-        "express: refused with a clear ValueError instead of being silently dropped"
-    )
-    def test_tool_choice(self, model: BaseChatModel) -> None:
-        super().test_tool_choice(model)

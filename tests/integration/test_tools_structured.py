@@ -239,7 +239,20 @@ def test_a_schema_the_engine_cannot_express_is_a_clear_error(chat: BaseChatModel
         chat.with_structured_output(bad).invoke("hi")
 
 
+class Measurement(BaseModel):
+    size_cm: float = Field(gt=0, lt=100)
+    stems: int = Field(ge=1)
+
+
 def test_llamacpp_refuses_bounds_it_would_drop() -> None:
     chat = LocalGGMLChatModel(model_path=str(TINY_GGUF), temperature=0)
-    with pytest.raises(ValueError, match=r"cannot express the JSON-schema keyword '(minimum|maximum)'.*llguidance"):
-        chat.with_structured_output(BoundedFlower).invoke("hi")
+    with pytest.raises(ValueError, match=r"cannot express the JSON-schema keyword '\w+'.*llguidance"):
+        chat.with_structured_output(Measurement).invoke("hi")
+
+
+def test_llamacpp_enforces_small_integer_ranges_as_enums() -> None:
+    chat = LocalGGMLChatModel(model_path=str(TINY_GGUF), temperature=0)
+    for question in (ROSE_Q, CN_Q, "Hello"):
+        flower = chat.with_structured_output(BoundedFlower).invoke(question)
+        assert isinstance(flower, BoundedFlower)
+        assert 0 <= flower.count <= 1000

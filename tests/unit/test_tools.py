@@ -149,3 +149,16 @@ def test_llguidance_schemas_are_closed() -> None:
     assert closed["properties"]["a"]["additionalProperties"] is False
     kept = _closed({"type": "object", "additionalProperties": True})
     assert kept["additionalProperties"] is True
+
+
+def test_small_integer_ranges_become_enums_for_llamacpp() -> None:
+    from langchain_localllm._llamacpp_sampling import _enumerate_small_int_ranges
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "exclusiveMinimum": -3, "maximum": 2.5}}}
+    out = _enumerate_small_int_ranges(schema)
+    assert out["properties"]["n"] == {"type": "integer", "enum": [-2, -1, 0, 1, 2]}
+    _check_gbnf_expressible(out)
+    open_range = {"type": "integer", "minimum": 1}
+    assert _enumerate_small_int_ranges(open_range) == open_range  # left alone, then refused
+    huge = {"type": "integer", "minimum": 0, "maximum": 10**9}
+    assert _enumerate_small_int_ranges(huge) == huge
