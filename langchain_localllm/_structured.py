@@ -24,11 +24,14 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from pydantic import BaseModel
 from pydantic.v1 import BaseModel as BaseModelV1
 
+from langchain_localllm._output import ChunkAggregate
 from langchain_localllm._tools import convert_tools, normalize_tool_choice
 
 if TYPE_CHECKING:
+    from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
     from langchain_core.language_models import LanguageModelInput
     from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatResult
 
     from langchain_localllm._tools import ToolCallParser
 
@@ -105,12 +108,37 @@ def with_structured_output(
 
 
 class ToolCallingChatModel(BaseChatModel):
-    """``bind_tools`` and ``with_structured_output`` for the package's chat models.
+    """What the package's chat models share above their backends.
 
-    Tools and schemas are bound as call options (``tools``, ``tool_choice``,
-    ``tool_parser``, ``json_schema``); each backend turns them into template input,
-    constrained decoding and parsed ``tool_calls``.
+    ``bind_tools`` and ``with_structured_output`` bind tools and schemas as call options
+    (``tools``, ``tool_choice``, ``tool_parser``, ``json_schema``), which each backend
+    turns into template input, constrained decoding and parsed ``tool_calls``; and
+    ``_generate``/``_agenerate`` aggregate the one generation path, ``_stream``/``_astream``.
     """
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        acc = ChunkAggregate()
+        for chunk in self._stream(messages, stop, run_manager, **kwargs):
+            acc.add(chunk)
+        return acc.result()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        acc = ChunkAggregate()
+        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
+            acc.add(chunk)
+        return acc.result()
 
     def bind_tools(
         self,

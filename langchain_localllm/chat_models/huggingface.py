@@ -15,7 +15,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -40,7 +40,7 @@ from langchain_localllm._hf import (
 from langchain_localllm._hf_grammar import json_schema_grammar, tool_call_grammar
 from langchain_localllm._messages import ChatDict, to_chat_dicts
 from langchain_localllm._options import check_bounds
-from langchain_localllm._output import ChunkAggregate, Piece
+from langchain_localllm._output import Piece
 from langchain_localllm._stop import merge_stops
 from langchain_localllm._structured import ToolCallingChatModel
 from langchain_localllm._tools import ToolPlan
@@ -549,30 +549,6 @@ class HFLocalChatModel(ToolCallingChatModel):
                     yield chunk
         finally:
             await events.aclose()
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        acc = ChunkAggregate()
-        for chunk in self._stream(messages, stop, run_manager, **kwargs):
-            acc.add(chunk)
-        return acc.result()
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        acc = ChunkAggregate()
-        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
-            acc.add(chunk)
-        return acc.result()
 
     # -- batching ----------------------------------------------------------------------
 

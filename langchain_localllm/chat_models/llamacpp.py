@@ -11,7 +11,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk
 from pydantic import ConfigDict, PrivateAttr
 
 from langchain_localllm._bridge import aiterate_in_thread
@@ -19,7 +19,7 @@ from langchain_localllm._llamacpp import LlamaModel, generate_pieces, tokenize_p
 from langchain_localllm._llamacpp_base import LlamaCppLoadMixin
 from langchain_localllm._llamacpp_sampling import CALL_OPTIONS, LlamaCppSamplingMixin
 from langchain_localllm._messages import ChatDict, fold_system, to_chat_dicts
-from langchain_localllm._output import ChunkAggregate, Piece
+from langchain_localllm._output import Piece
 from langchain_localllm._stop import merge_stops
 from langchain_localllm._structured import ToolCallingChatModel
 from langchain_localllm._template import render_chat_template
@@ -179,30 +179,6 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, ToolCallingCh
                     yield chunk
         finally:
             await pieces.aclose()
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        acc = ChunkAggregate()
-        for chunk in self._stream(messages, stop, run_manager, **kwargs):
-            acc.add(chunk)
-        return acc.result()
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        acc = ChunkAggregate()
-        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
-            acc.add(chunk)
-        return acc.result()
 
 
 def _wrap_grammar(gbnf: str, wrap: Callable[[str], str]) -> str:
