@@ -3,10 +3,8 @@
 Independent of LangChain's classes; ``torch`` and ``transformers`` are imported only
 inside functions (``import langchain_localllm`` must stay light).
 
-* :class:`LoadSpec` says where a model comes from and how to place it; its
-  :meth:`~LoadSpec.cache_key` is the key in the process-wide model cache and
-  :func:`load_bundle` is the loader. Objects the user already has (a pipeline, a
-  model and tokenizer) are wrapped by :func:`bundle_from_objects`.
+* Loading lives in :mod:`langchain_localllm._hf_load` (:class:`LoadSpec`,
+  :func:`load_bundle`, :func:`bundle_from_objects`), re-exported here.
 * :func:`render_prompt` turns chat dicts into prompt token ids with the tokenizer's
   own chat template (``apply_chat_template(tokenize=True)``: no re-tokenized string,
   no double BOS).
@@ -30,27 +28,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import importlib.util
 import logging
-import os
-import re
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from langchain_localllm._bridge import iterate_in_thread
 from langchain_localllm._hf_grammar import GrammarProcessor
+from langchain_localllm._hf_load import HFBundle, LoadSpec, bundle_from_objects, load_bundle
 from langchain_localllm._imports import import_optional
 from langchain_localllm._messages import ChatDict, fold_system, plain_text_prompt
 from langchain_localllm._stop import StopBuffer
 from langchain_localllm.errors import (
     ChatTemplateError,
     ContextWindowExceededError,
-    MissingDependencyError,
-    ModelNotFoundError,
 )
 
 __all__ = [
@@ -74,11 +67,6 @@ __all__ = [
 
 logger = logging.getLogger("langchain_localllm")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_TRUE = {"1", "true", "yes", "on"}
-_CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-_UNBOUNDED_MODEL_MAX_LENGTH = 1_000_000
-
 FORBIDDEN_GENERATE_KWARGS = {
     "input_ids": "the prompt comes from the messages",
     "inputs": "the prompt comes from the messages",
@@ -97,260 +85,6 @@ FORBIDDEN_GENERATE_KWARGS = {
     "return_dict_in_generate": "the output is read token by token",
 }
 """``generate_kwargs`` keys that would fight the class's own settings, with the reason."""
-
-
-def _offline(local_files_only: bool) -> bool:  # noqa: FBT001 - mirrors the field
-    env = (os.environ.get(name, "").lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return local_files_only or any(value in _TRUE for value in env)
-
-
-def _hashable(value: Any) -> Hashable:
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [_hashable(v) for v in value]
-        return tuple(sorted(items, key=repr)) if isinstance(value, set | frozenset) else tuple(items)
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value  # type: ignore[no-any-return]
-
-
-# -- loading -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """Where a model comes from and how it is loaded (everything that forces a reload)."""
-
-    model: str
-    revision: str | None = None
-    trust_remote_code: bool = False
-    local_files_only: bool = False
-    cache_dir: str | None = None
-    device: str = "auto"
-    device_map: Any = None
-    dtype: str = "auto"
-    quantization: str | None = None
-    attn_implementation: str | None = None
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def source(self) -> str:
-        """The local directory (absolute) or the hub id to load from.
-
-        Raises:
-            ModelNotFoundError: ``model`` is neither an existing directory nor a hub id.
-        """
-        path = Path(self.model).expanduser()
-        if path.is_dir():
-            return str(path.resolve())
-        if path.exists():
-            msg = (
-                f"model {self.model!r} is a file; give the directory of a Hugging Face checkpoint "
-                "(config.json, weights, tokenizer files) or a hub id. GGUF files load with LocalGGMLLLM."
-            )
-            raise ModelNotFoundError(msg)
-        if not _HUB_ID.match(self.model):
-            msg = f"model directory not found: {self.model!r} (not a local directory, and not a hub id)"
-            raise ModelNotFoundError(msg)
-        return self.model
-
-    def resolved_device(self) -> str:
-        """``device`` with ``"auto"`` resolved (cuda, then mps, then cpu)."""
-        torch = import_optional("torch")
-        device = self.device
-        if device == "auto":
-            if torch.cuda.is_available():
-                return "cuda"
-            mps = getattr(torch.backends, "mps", None)
-            return "mps" if mps is not None and mps.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            msg = (
-                f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda}); use device='cpu' or 'auto'"
-            )
-            raise ValueError(msg)
-        return device
-
-    def cache_key(self) -> tuple[Hashable, ...]:
-        """The model-cache key: the same key means the same loaded weights."""
-        source = self.source()  # fails fast, before torch is imported
-        device = self.resolved_device()
-        dtype = "float32" if self.dtype == "auto" and device == "cpu" and not self.quantization else self.dtype
-        return (
-            "hf",
-            source,
-            self.revision,
-            device,
-            dtype,
-            self.quantization,
-            self.attn_implementation,
-            self.trust_remote_code,
-            _hashable(self.device_map),
-            _hashable(self.model_kwargs),
-        )
-
-
-@dataclass
-class HFBundle:
-    """A loaded model and tokenizer plus what the generation loop needs about them."""
-
-    model: Any
-    tokenizer: Any
-    name: str
-    is_seq2seq: bool
-    eos_ids: frozenset[int]
-    pad_id: int
-    context_window: int | None
-    owned: bool = True
-    """False for objects the user handed in: closing only drops our references."""
-
-    @property
-    def device(self) -> Any:
-        """Where prompt tensors go (the device of the model's first parameters)."""
-        return self.model.device
-
-    def close(self) -> None:
-        """Drop the model (called by the cache on eviction, after in-flight generations)."""
-        on_cuda = self.owned and getattr(getattr(self.model, "device", None), "type", None) == "cuda"
-        self.model = None
-        self.tokenizer = None
-        if self.owned:
-            gc.collect()
-            if on_cuda:
-                import_optional("torch").cuda.empty_cache()
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    sources = (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer)
-    for source in sources:
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value if v is not None)
-    return frozenset(ids)
-
-
-def _context_window(model: Any, tokenizer: Any) -> int | None:
-    config = getattr(model, "config", None)
-    text_config = getattr(config, "get_text_config", None)
-    configs = [config, text_config()] if callable(text_config) else [config]
-    for cfg in configs:
-        for attr in _CONTEXT_ATTRS:
-            value = getattr(cfg, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < _UNBOUNDED_MODEL_MAX_LENGTH:
-        return limit
-    return None
-
-
-def bundle_from_objects(model: Any, tokenizer: Any, *, name: str | None = None, owned: bool = False) -> HFBundle:
-    """Wrap a loaded transformers model and tokenizer for the generation loop."""
-    config = getattr(model, "config", None)
-    eos = _eos_ids(model, tokenizer)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
-    if pad is None:
-        pad = getattr(config, "pad_token_id", None)
-    if pad is None:
-        pad = min(eos) if eos else 0  # pad-token fallback: any id works under the attention mask
-    model_name = name or getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or "unknown"
-    if hasattr(model, "eval"):
-        model.eval()
-    return HFBundle(
-        model=model,
-        tokenizer=tokenizer,
-        name=str(model_name),
-        is_seq2seq=bool(getattr(config, "is_encoder_decoder", False)),
-        eos_ids=eos,
-        pad_id=int(pad),
-        context_window=_context_window(model, tokenizer),
-        owned=owned,
-    )
-
-
-def _quantization_config(spec: LoadSpec, torch: Any, transformers: Any) -> Any:
-    if not torch.cuda.is_available():
-        msg = (
-            f"quantization={spec.quantization!r} runs through bitsandbytes, which needs a CUDA GPU, and torch "
-            "sees none. Use quantization=None (and dtype='bfloat16'/'float16' on a GPU to save memory)."
-        )
-        raise ValueError(msg)
-    if importlib.util.find_spec("bitsandbytes") is None:
-        msg = (
-            f"quantization={spec.quantization!r} needs the bitsandbytes package, which is not installed. "
-            "Install it with: pip install bitsandbytes"
-        )
-        raise MissingDependencyError(msg, name="bitsandbytes")
-    if spec.quantization == "8bit":
-        return transformers.BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if spec.dtype in {"auto", "bfloat16"} else getattr(torch, spec.dtype)
-    return transformers.BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
-    )
-
-
-def load_bundle(spec: LoadSpec) -> HFBundle:
-    """Load the model and tokenizer named by ``spec`` (the cache's loader).
-
-    Raises:
-        ModelNotFoundError: The directory or hub id does not exist (or, offline, is not
-            in the local Hugging Face cache).
-        MissingDependencyError: transformers/torch, bitsandbytes or accelerate is missing.
-    """
-    torch = import_optional("torch")
-    transformers = import_optional("transformers")
-    source = spec.source()
-    device = spec.resolved_device()
-    offline = _offline(spec.local_files_only)
-    common: dict[str, Any] = {
-        "revision": spec.revision,
-        "trust_remote_code": spec.trust_remote_code,
-        "local_files_only": offline,
-        "cache_dir": spec.cache_dir,
-    }
-    try:
-        config = transformers.AutoConfig.from_pretrained(source, **common)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    except OSError as e:
-        where = "in the local Hugging Face cache (downloads are off)" if offline else "locally or on the Hub"
-        msg = f"model {spec.model!r} was not found {where}: {e}"
-        raise ModelNotFoundError(msg) from e
-
-    kwargs: dict[str, Any] = {**common, **dict(spec.model_kwargs)}
-    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # noqa: PLR2004
-    if spec.dtype != "auto":
-        kwargs[dtype_arg] = getattr(torch, spec.dtype)
-    elif device == "cpu" and not spec.quantization:
-        kwargs[dtype_arg] = torch.float32  # half precision on CPU is slow or unsupported
-    else:
-        kwargs[dtype_arg] = "auto"  # the checkpoint's own dtype
-    if spec.attn_implementation is not None:
-        kwargs["attn_implementation"] = spec.attn_implementation
-    device_map = spec.device_map
-    if spec.quantization:
-        kwargs["quantization_config"] = _quantization_config(spec, torch, transformers)
-        device_map = device_map if device_map is not None else {"": device}
-    if device_map is not None:
-        if importlib.util.find_spec("accelerate") is None:
-            msg = "device_map (and quantization) need the accelerate package: pip install accelerate"
-            raise MissingDependencyError(msg, name="accelerate")
-        kwargs["device_map"] = device_map
-    auto_class = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
-    try:
-        model = auto_class.from_pretrained(source, **kwargs)
-    except OSError as e:
-        msg = f"the weights of model {spec.model!r} could not be loaded: {e}"
-        raise ModelNotFoundError(msg) from e
-    if device_map is None:
-        model.to(device)
-    return bundle_from_objects(model, tokenizer, name=spec.model, owned=True)
 
 
 # -- prompts -----------------------------------------------------------------------
