@@ -50,6 +50,9 @@ class ToolCallParser(Protocol):
     """How a model writes tool calls: parse them, and recognise their start while streaming."""
 
     name: str
+    marker: str | None
+    """A string that starts every call when calls may follow text (held back while
+    streaming); ``None`` when the whole answer is either a call or text."""
 
     def parse(self, text: str) -> ParsedOutput:
         """Split a finished answer into text content and tool calls."""
@@ -95,6 +98,8 @@ class HermesToolCallParser:
     """
 
     name = "hermes"
+    marker: str | None = "<tool_call>"
+    """Calls may follow text; each starts with this marker."""
     _OPEN = "<tool_call>"
     _CLOSE = "</tool_call>"
 
@@ -142,6 +147,8 @@ class JsonToolCallParser:
     """The whole answer is a JSON object ``{"name", "arguments"}`` or a list of them."""
 
     name = "json"
+    marker: str | None = None
+    """No marker: the whole answer is the call."""
 
     def parse(self, text: str) -> ParsedOutput:
         """Parse the answer as JSON; anything else is plain content."""
@@ -240,6 +247,7 @@ class ToolPlan:
         """The compiled constraint for a forced call (backend-specific), once resolved."""
         self._held: list[str] = []
         self._holding = bool(self.tools) and self.choice != "none"
+        self._in_call = False
         self.provider = provider
 
     @property
@@ -262,24 +270,48 @@ class ToolPlan:
             self.grammar = compile_call(tool_call_schema(self.tools, only=only), self.parser)
 
     def chunks(self, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
+        """Turn one generated piece into chunks, holding back what may be a tool call."""
         text = piece.text
         if self._holding and self.parser is not None:
-            self._held.append(text)
-            so_far = "".join(self._held)
-            if piece.info is None and self.parser.may_be_call(so_far):
-                return
-            self._holding = False
-            self._held = []
-            if piece.info is not None:
-                yield from self._final(so_far, piece, model_name)
-                return
-            text = so_far
+            text = self._hold(text, final=piece.info is not None)
         if piece.info is None:
             if text or piece.logprobs:
                 metadata = {"logprobs": piece.logprobs} if piece.logprobs else {}
                 yield ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
             return
         yield from self._final(text, piece, model_name)
+
+    def _hold(self, text: str, *, final: bool) -> str:
+        """Return the text that is safe to stream now; keep what may be (part of) a call.
+
+        With a marker (Hermes), text streams until the marker could be starting; from the
+        marker on, everything is held and parsed at the end (calls may follow text).
+        Without one (plain JSON), the answer is held while it still looks like a call,
+        and released once it cannot be one.
+        """
+        assert self.parser is not None  # noqa: S101 - guarded by the caller
+        self._held.append(text)
+        so_far = "".join(self._held)
+        marker = getattr(self.parser, "marker", None)
+        if marker:
+            if final:
+                self._held = []
+                return so_far  # the final parse splits text from calls
+            if self._in_call:
+                return ""
+            at = so_far.find(marker)
+            if at != -1:
+                self._in_call = True
+                self._held = [so_far[at:]]
+                return so_far[:at]
+            keep = next((k for k in range(min(len(marker) - 1, len(so_far)), 0, -1) if so_far.endswith(marker[:k])), 0)
+            self._held = [so_far[len(so_far) - keep :]] if keep else []
+            return so_far[: len(so_far) - keep]
+        if not final and self.parser.may_be_call(so_far):
+            return ""
+        self._holding = False
+        self._held = []
+        return so_far
 
     def _final(self, text: str, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
         info = piece.info or {}

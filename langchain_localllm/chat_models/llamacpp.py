@@ -12,7 +12,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict
 
 from langchain_localllm._bridge import aiterate_in_thread
 from langchain_localllm._llamacpp import LlamaModel, generate_pieces, tokenize_prompt
@@ -23,10 +23,7 @@ from langchain_localllm._output import Piece
 from langchain_localllm._stop import merge_stops
 from langchain_localllm._structured import ToolCallingChatModel
 from langchain_localllm._template import render_chat_template
-from langchain_localllm._tools import (
-    ToolCallParser,
-    ToolPlan,
-)
+from langchain_localllm._tools import ToolPlan
 from langchain_localllm.errors import ChatTemplateError
 
 __all__ = ["LocalGGMLChatModel"]
@@ -68,8 +65,6 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, ToolCallingCh
     streaming: bool = False
     """LangChain's standard flag. Every call already runs the streaming path (``invoke``
     aggregates it), so this changes nothing in the output. Default: False."""
-
-    _parser_override: ToolCallParser | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:

@@ -162,3 +162,48 @@ def test_small_integer_ranges_become_enums_for_llamacpp() -> None:
     assert _enumerate_small_int_ranges(open_range) == open_range  # left alone, then refused
     huge = {"type": "integer", "minimum": 0, "maximum": 10**9}
     assert _enumerate_small_int_ranges(huge) == huge
+
+
+def _run_plan(parser: Any, pieces: list[str]) -> tuple[list[str], Any]:
+    from langchain_localllm._output import Piece
+    from langchain_localllm._tools import ToolPlan
+
+    plan = ToolPlan({"tools": TOOLS, "tool_choice": "auto", "tool_parser": parser}, "test")
+    streamed: list[str] = []
+    final = None
+    info = {"finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": len(pieces), "total_tokens": 3}
+    for i, text in enumerate(pieces):
+        last = i == len(pieces) - 1
+        for chunk in plan.chunks(Piece(text, info=info if last else None), "m"):
+            if chunk.message.response_metadata.get("finish_reason"):
+                final = chunk.message
+            else:
+                streamed.append(str(chunk.message.content))
+    return streamed, final
+
+
+def test_plan_streams_text_then_holds_a_hermes_call_that_follows_it() -> None:
+    call = '{"name": "get_price", "arguments": {"flower": "rose"}}'
+    pieces = ["Let me ", "check. <to", "ol_call>", call[:10], call[10:], "</tool_call>", ""]
+    streamed, final = _run_plan(HermesToolCallParser(), pieces)
+    assert "".join(streamed) == "Let me check. "
+    assert all("<" not in s for s in streamed)
+    assert [(c["name"], json.loads(c["args"])) for c in final.tool_call_chunks] == [("get_price", {"flower": "rose"})]
+    assert final.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_plan_releases_text_that_only_looked_like_a_marker() -> None:
+    streamed, final = _run_plan(HermesToolCallParser(), ["a <to", "y> b", " c"])
+    assert "".join(streamed) + str(final.content) == "a <toy> b c"
+    assert final.tool_call_chunks == []
+    assert final.response_metadata["finish_reason"] == "stop"
+
+
+def test_plan_with_the_json_parser_streams_plain_text_and_parses_a_whole_json_call() -> None:
+    streamed, final = _run_plan(JsonToolCallParser(), ["Hello", " there", ""])
+    assert "".join(streamed) + str(final.content) == "Hello there"
+    streamed, final = _run_plan(
+        JsonToolCallParser(), ['{"name": "get_price", ', '"arguments": {"flower": "lily"}}', ""]
+    )
+    assert streamed == []
+    assert json.loads(final.tool_call_chunks[0]["args"]) == {"flower": "lily"}
