@@ -383,9 +383,10 @@ class _Observer:
         self.offset = start
         self.emit = emit
         self.cancels = cancels
+        self._torch = import_optional("torch")  # once, not on every step
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - criterion signature
-        torch = import_optional("torch")
+        torch = self._torch
         length = int(input_ids.shape[1])
         if self.offset is None:  # seq2seq: the decoder prompt is everything before the first new token
             self.offset = length - 1

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from langchain_localllm._imports import import_optional
+from langchain_localllm._tools import call_sequence
 
 __all__ = ["GrammarProcessor", "json_schema_grammar", "tool_call_grammar"]
 
@@ -64,13 +65,7 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
 
 def tool_call_grammar(schema: dict[str, Any], wrap: Callable[[str], str]) -> str:
     """A grammar for one call (JSON matching ``schema``) in the parser's syntax (``wrap``)."""
-    marker = "\x00CALL\x00"
-    before, after = wrap(marker).split(marker)
-    parts = [json.dumps(before)] if before else []
-    parts.append("call")
-    if after:
-        parts.append(json.dumps(after))
-    lark = f"start: {' '.join(parts)}\ncall: %json {json.dumps(_compact(schema))}\n"
+    lark = f"start: {call_sequence(wrap, 'call')}\ncall: %json {json.dumps(_compact(schema))}\n"
     return str(_llguidance().LLMatcher.grammar_from_lark(lark))
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "ParsedOutput",
     "ToolCallParser",
     "ToolPlan",
+    "call_sequence",
     "convert_tools",
     "normalize_tool_choice",
     "parser_for_template",
@@ -206,6 +207,20 @@ def normalize_tool_choice(tool_choice: Any, tools: Sequence[Mapping[str, Any]]) 
         return tool_choice
     msg = f"tool_choice={tool_choice!r} is not 'auto', 'none', 'any'/'required' or one of the bound tools {names}"
     raise ValueError(msg)
+
+
+def call_sequence(wrap: Callable[[str], str], rule: str) -> str:
+    """The grammar sequence for one call in a parser's syntax: ``"<before>" rule "<after>"``.
+
+    The literals are JSON-quoted, which both GBNF (llama.cpp) and Lark (llguidance) read.
+    """
+    marker = "\x00CALL\x00"
+    before, after = wrap(marker).split(marker)
+    parts = [json.dumps(before)] if before else []
+    parts.append(rule)
+    if after:
+        parts.append(json.dumps(after))
+    return " ".join(parts)
 
 
 def tool_call_schema(tools: Sequence[Mapping[str, Any]], only: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +22,7 @@ from langchain_localllm._output import Piece
 from langchain_localllm._stop import merge_stops
 from langchain_localllm._structured import ToolCallingChatModel
 from langchain_localllm._template import render_chat_template
-from langchain_localllm._tools import ToolPlan
+from langchain_localllm._tools import ToolPlan, call_sequence
 from langchain_localllm.errors import ChatTemplateError
 
 __all__ = ["LocalGGMLChatModel"]
@@ -178,15 +177,8 @@ class LocalGGMLChatModel(LlamaCppSamplingMixin, LlamaCppLoadMixin, ToolCallingCh
 
 def _wrap_grammar(gbnf: str, wrap: Callable[[str], str]) -> str:
     """Turn a JSON grammar (rule ``root``) into one for the parser's call syntax."""
-    marker = "\x00CALL\x00"
-    around = wrap(marker)
-    before, after = around.split(marker)
     body = "\n".join(
         ("tool-call-json ::=" + line[len("root ::=") :]) if line.startswith("root ::=") else line
         for line in gbnf.splitlines()
     )
-    parts = [json.dumps(before)] if before else []
-    parts.append("tool-call-json")
-    if after:
-        parts.append(json.dumps(after))
-    return f"root ::= {' '.join(parts)}\n{body}\n"
+    return f"root ::= {call_sequence(wrap, 'tool-call-json')}\n{body}\n"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from langchain_localllm.chat_models import HFLocalChatModel
+from tests.standard_flags import LocalChatModelFlags
 
 from ._tiny_expectations import TinyModelExpectations
 from .conftest import MODELS, TINY_HF
@@ -32,7 +33,7 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-class TestHFLocalChatModelIntegration(TinyModelExpectations):
+class TestHFLocalChatModelIntegration(LocalChatModelFlags, TinyModelExpectations):
     @property
     def chat_model_class(self) -> type[HFLocalChatModel]:
         return HFLocalChatModel
@@ -42,26 +43,6 @@ class TestHFLocalChatModelIntegration(TinyModelExpectations):
         # max_tokens keeps CPU time low: the tiny model's answers are shorter, and the seq2seq
         # override model (random weights) never ends on its own.
         return {"model": str(TINY_HF), "device": "cpu", "max_tokens": 256}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:

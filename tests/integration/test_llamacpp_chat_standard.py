@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_localllm.chat_models import LocalGGMLChatModel
+from tests.standard_flags import LocalChatModelFlags
 
 from ._tiny_expectations import TinyModelExpectations
 from .conftest import TINY_GGUF
 
 
-class TestLocalGGMLChatModelIntegration(TinyModelExpectations):
+class TestLocalGGMLChatModelIntegration(LocalChatModelFlags, TinyModelExpectations):
     @property
     def chat_model_class(self) -> type[LocalGGMLChatModel]:
         return LocalGGMLChatModel
@@ -23,26 +24,6 @@ class TestLocalGGMLChatModelIntegration(TinyModelExpectations):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model_path": str(TINY_GGUF), "temperature": 0, "max_tokens": 256}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:

@@ -10,11 +10,12 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_localllm._cache import model_cache
 from langchain_localllm.chat_models import HFLocalChatModel
+from tests.standard_flags import LocalChatModelFlags
 
 TINY_HF = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-chat"
 
 
-class TestHFLocalChatModelStandard(ChatModelUnitTests):
+class TestHFLocalChatModelStandard(LocalChatModelFlags, ChatModelUnitTests):
     @property
     def chat_model_class(self) -> type[HFLocalChatModel]:
         return HFLocalChatModel
@@ -22,35 +23,6 @@ class TestHFLocalChatModelStandard(ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model": str(TINY_HF)}
-
-    @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        # The suite's defaults add `timeout`, `max_retries` and `api_key`: client settings of
-        # hosted APIs. A local model has none of them and rejects unknown fields (extra="forbid").
-        params = dict(super().standard_chat_model_params)
-        for hosted_only in ("timeout", "max_retries", "api_key"):
-            params.pop(hosted_only)
-        return params
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
 
 @pytest.fixture(autouse=True)
