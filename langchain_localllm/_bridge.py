@@ -17,7 +17,9 @@ call, and an exception raised in the worker reaches the consumer.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -45,12 +47,15 @@ def iterate_in_thread(
     producer: Callable[[Callable[[T], None], threading.Event], None],
     *,
     name: str = "langchain-localllm-producer",
+    executor: concurrent.futures.Executor | None = None,
 ) -> Iterator[T]:
     """Run ``producer(emit, cancel)`` in a worker thread and yield what it emits.
 
     ``emit(item)`` hands an item to the consumer; after the consumer has stopped it
     raises :class:`Cancelled`, and ``cancel`` is set, so the producer can also poll
-    it (e.g. from a stopping criterion). The thread is joined when this generator
+    it (e.g. from a stopping criterion). The producer runs in a new thread called
+    ``name``, or as a job of ``executor`` (e.g. the long-lived CUDA worker of
+    :mod:`langchain_localllm._device`). Either is waited for when this generator
     finishes or is closed; an exception raised by the producer is re-raised here.
     """
     items: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -71,8 +76,7 @@ def iterate_in_thread(
         finally:
             items.put(_DONE)
 
-    worker = threading.Thread(target=run, name=name, daemon=True)
-    worker.start()
+    join = _start(run, name, executor)
     try:
         while True:
             item = items.get()
@@ -83,7 +87,17 @@ def iterate_in_thread(
             yield item  # type: ignore[misc]
     finally:
         cancel.set()
-        worker.join()
+        join()
+
+
+def _start(run: Callable[[], None], name: str, executor: concurrent.futures.Executor | None) -> Callable[[], object]:
+    """Start ``run`` in a new thread or on ``executor``; return the function that waits for it."""
+    if executor is None:
+        worker = threading.Thread(target=run, name=name, daemon=True)
+        worker.start()
+        return worker.join
+    future = executor.submit(run)
+    return functools.partial(concurrent.futures.wait, [future])
 
 
 async def aiterate_in_thread(  # noqa: C901, PLR0915 - one bridge, kept in one place

@@ -14,7 +14,10 @@ inside functions (``import langchain_localllm`` must stay light).
   (:class:`~langchain_localllm._stop.StopBuffer`), ends rows on any EOS id, their
   token budget, a stop string, or cancellation, and emits :class:`TextEvent` /
   :class:`FinishEvent` objects. :func:`stream_events` runs it in a worker thread
-  through :func:`~langchain_localllm._bridge.iterate_in_thread`.
+  through :func:`~langchain_localllm._bridge.iterate_in_thread`. On CUDA every
+  ``generate`` (streamed or batched) runs on the process's one CUDA worker thread
+  (:mod:`langchain_localllm._device`), where the static-cache decode step is
+  compiled with CUDA graphs.
 * :class:`BatchPlan` lets ``batch()`` compute a group of conversations in one padded
   call while each input still runs through LangChain's own ``invoke`` (callbacks,
   tracing, caching per input).
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_localllm._bridge import iterate_in_thread
+from langchain_localllm._device import call_on_device_thread, cuda_graphs_usable, device_executor, on_device_thread
 from langchain_localllm._hf_grammar import GrammarProcessor
 from langchain_localllm._hf_load import HFBundle, LoadSpec, bundle_from_objects, load_bundle
 from langchain_localllm._imports import import_optional
@@ -206,13 +210,13 @@ class Sampling:
             # length seen), so a new prompt length does not trigger a recompile.
             config.cache_implementation = "static"
             config.max_cache_len = _bucket(prompt_width + max_new_tokens, bundle.context_window)
-            # No CUDA graphs: torch's CUDA-graph trees are bound to the thread that first
-            # imported them, and generation runs in worker threads (streaming, async).
-            # Seen on an H200: the "reduce-overhead" default failed with an AssertionError
-            # in cudagraph_trees as soon as a second thread decoded a new shape.
+            # CUDA graphs ("reduce-overhead") only on the process's CUDA worker thread,
+            # which owns torch's CUDA-graph trees (see _device.py); elsewhere the decode
+            # step is compiled without them.
             compile_config = getattr(import_optional("transformers"), "CompileConfig", None)
             if compile_config is not None:
-                config.compile_config = compile_config(mode="default")
+                graphs = getattr(bundle.device, "type", None) == "cuda" and cuda_graphs_usable()
+                config.compile_config = compile_config(mode="reduce-overhead" if graphs else "default")
         config.max_new_tokens = max_new_tokens
         config.max_length = None
         config.min_length = 0
@@ -384,6 +388,7 @@ class _Observer:
         self.emit = emit
         self.cancels = cancels
         self._torch = import_optional("torch")  # once, not on every step
+        self._done_mask: tuple[tuple[bool, ...], Any] | None = None
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - criterion signature
         torch = self._torch
@@ -396,8 +401,12 @@ class _Observer:
             if not row.done:
                 self._advance(row, tokens)
         cancelled = any(c.is_set() for c in self.cancels)
-        done = [cancelled or row.done for row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        done = tuple(cancelled or row.done for row in self.rows)
+        # The mask changes only when a row finishes: reuse the device tensor, so most
+        # steps copy nothing from host to device.
+        if self._done_mask is None or self._done_mask[0] != done:
+            self._done_mask = (done, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
+        return self._done_mask[1]
 
     def _advance(self, row: _Row, tokens: list[int]) -> None:
         for token in tokens:
@@ -505,7 +514,21 @@ def stream_events(
             bundle, [prompt], [budget], sampling=sampling, stops=stops, emit=emit, cancels=(stop_event, *extra)
         )
 
-    return iterate_in_thread(produce, name="langchain-localllm-hf-generate")
+    executor = device_executor() if _wants_device_thread(bundle) else None
+    return iterate_in_thread(produce, name="langchain-localllm-hf-generate", executor=executor)
+
+
+def _wants_device_thread(bundle: HFBundle) -> bool:
+    """CUDA generation goes to the process's CUDA worker thread (unless already on it)."""
+    return getattr(bundle.device, "type", None) == "cuda" and not on_device_thread()
+
+
+def _run_generate(bundle: HFBundle, fn: Callable[[threading.Event], None]) -> None:
+    """Run ``fn(cancel)`` here, or on the CUDA worker thread for a CUDA model."""
+    if _wants_device_thread(bundle):
+        call_on_device_thread(fn)
+    else:
+        fn(threading.Event())
 
 
 def run_batch(
@@ -547,8 +570,13 @@ def run_batch(
         if isinstance(target, list):
             target.append(event)
 
+    def generate(cancel: threading.Event) -> None:
+        generate_rows(
+            bundle, prompts, budgets, sampling=sampling, stops=stops, emit=collect, cancels=(cancel,), rows=numbers
+        )
+
     try:
-        generate_rows(bundle, prompts, budgets, sampling=sampling, stops=stops, emit=collect, rows=numbers)
+        _run_generate(bundle, generate)
     except Exception as e:  # noqa: BLE001 - every input of the failed call gets the error
         for number in numbers:
             results[number] = e

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Comparison 8: HF streaming and batching on a CUDA GPU in bfloat16.
+"""Comparison 8: comparisons 5 and 6 (HF streaming and batching) on a CUDA GPU in bfloat16.
 
 Builds a random-initialised ~0.43B-parameter Llama on the device (hidden 1024, 24 layers,
 16 heads, 4 KV heads, intermediate 4096, vocab 32000) with a 32k byte-level tokenizer
-(``models.build_tokenizer_32k``), then measures, at batch 1, raw ``generate`` (dynamic
-cache as found; without the cuDNN attention backend; static cache; with a
-``TextIteratorStreamer``) against ``HFLocalChatModel`` invoke and stream, and a batch of
-16 mixed-length prompts. Results are written to ``--out``/gpu.json after every step.
+(``models.build_tokenizer_32k``), loads it once, and runs every side on that one model:
+raw ``generate`` (default dynamic cache; static cache; with a ``TextIteratorStreamer``),
+``HFLocalChatModel`` invoke / stream / batch, and langchain-huggingface's
+``ChatHuggingFace`` (when installed). Steps run in priority order; a step that would not
+fit in ``--budget-s`` is skipped and says so. Results go to ``--out``/gpu.json after every
+step, with tokens/s and the fraction of the measured memory bandwidth.
 
     python scripts/bench/gpu.py --tokenizer .bench-models/tok32k --out /tmp/gpu
     python scripts/bench/gpu.py --device cpu --small      # smoke test of the script itself
@@ -16,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,38 +28,44 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from harness import Comparison, Goal, Stats  # noqa: E402
+from harness import Comparison, Goal, Stats, interleave, timed  # noqa: E402
+from hf_cases import STREAM_PROMPT, batch_prompts, encode, ours_stream, peer_chat, raw_stream  # noqa: E402
 
-PROMPT = "Tell me a long story about a rose garden."
+BATCH_NEW = 64
 
 
 class Run:
-    def __init__(self, out: Path, device: str) -> None:
+    """Steps with a time budget; results saved after each step."""
+
+    def __init__(self, out: Path, budget_s: float) -> None:
         self.out = out
-        self.device = device
+        self.deadline = time.perf_counter() + budget_s
         self.data: dict[str, Any] = {"steps": {}}
         out.mkdir(parents=True, exist_ok=True)
 
     def save(self) -> None:
         (self.out / "gpu.json").write_text(json.dumps(self.data, indent=1, default=str))
 
-    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+    def step(self, name: str, fn: Callable[[], Any], estimate_s: float = 0.0) -> Any:
+        left = self.deadline - time.perf_counter()
+        print(f"-- {name} ({left:.0f} s of budget left)", flush=True)
         start = time.perf_counter()
-        print(f"-- {name}", flush=True)
-        try:
-            value = fn()
-        except Exception as e:
-            value = {"error": f"{type(e).__name__}: {e}"}
-            print(f"   FAILED {value['error'][:300]}", flush=True)
-        self.data["steps"][name] = {"value": value, "wall_s": round(time.perf_counter() - start, 2)}
-        print(f"   {json.dumps(value, default=str)[:300]} ({time.perf_counter() - start:.1f} s)", flush=True)
+        if estimate_s > left:
+            value: Any = {"skipped": f"time budget: needs about {estimate_s:.0f} s, {left:.0f} s left"}
+        else:
+            try:
+                value = fn()
+            except Exception as e:
+                value = {"error": f"{type(e).__name__}: {e}"}
+        wall = time.perf_counter() - start
+        self.data["steps"][name] = {"value": value, "wall_s": round(wall, 2)}
+        print(f"   {json.dumps(value, default=str)[:400]} ({wall:.1f} s)", flush=True)
         self.save()
         return value
 
 
-def sync(torch: Any) -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def ok(value: Any) -> bool:
+    return isinstance(value, dict) and "error" not in value and "skipped" not in value
 
 
 def main() -> int:
@@ -67,291 +73,298 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/gpu"))
     parser.add_argument("--tokenizer", type=Path, default=HERE.parents[1] / ".bench-models" / "tok32k")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument(
-        "--model-dir", type=Path, default=None, help="where to save the bench model (default: under --out)"
-    )
     parser.add_argument("--small", action="store_true", help="a tiny model (smoke test)")
     parser.add_argument("--new", type=int, default=128, help="new tokens per batch-1 run")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated steps to skip: streamer,raw-static,dynamic")
+    parser.add_argument("--long", type=int, default=1024, help="new tokens for the per-token growth check")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="skip steps that would not fit")
     args = parser.parse_args()
 
     import torch
     import transformers
     from langchain_core.messages import HumanMessage
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TextIteratorStreamer
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from langchain_localllm import HFLocalChatModel
+    from langchain_localllm._device import call_on_device_thread
 
-    run = Run(args.out, args.device)
-    skip = set(args.skip.split(","))
+    run = Run(args.out, args.budget_s)
     dev = args.device
+    cuda = dev == "cuda"
     run.data["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     run.data["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    run.data["args"] = {k: str(v) for k, v in vars(args).items()}
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
 
     def bandwidth() -> dict[str, float]:
-        n = (1 << 30) if dev == "cuda" else (1 << 26)
+        n = (1 << 30) if cuda else (1 << 26)
         x = torch.empty(n, dtype=torch.uint8, device=dev).random_()
         y = torch.empty_like(x)
         y.copy_(x)
-        sync(torch)
+        sync()
         start = time.perf_counter()
         for _ in range(10):
             y.copy_(x)
-        sync(torch)
-        seconds = time.perf_counter() - start
-        return {"copy_GBps_read_plus_write": 2 * n * 10 / seconds / 1e9}
+        sync()
+        return {"copy_GBps_read_plus_write": 2 * n * 10 / (time.perf_counter() - start) / 1e9}
 
     bw = run.step("bandwidth", bandwidth)
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    model_dir = args.model_dir or args.out / "model"
-
-    def build() -> dict[str, Any]:
-        size = (
-            {
-                "hidden_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "intermediate_size": 256,
-            }
-            if args.small
-            else {
-                "hidden_size": 1024,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "num_key_value_heads": 4,
-                "intermediate_size": 4096,
-            }
-        )
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-            bos_token_id=None,
-            eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
-            pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-            **size,
-        )
-        torch.manual_seed(0)
-        with torch.device(dev):
-            model = LlamaForCausalLM(config).to(torch.bfloat16 if dev == "cuda" else torch.float32)
-        model.save_pretrained(model_dir)
-        tok.save_pretrained(model_dir)
-        return {"params": sum(p.numel() for p in model.parameters()), "dtype": str(model.dtype)}
-
-    built = run.step("build model", build)
-    params = built["params"]
-    dtype = "bfloat16" if dev == "cuda" else "float32"
-    raw = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(dev).eval()
-    enc = tok.apply_chat_template(
-        [{"role": "user", "content": PROMPT}],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
+    dtype = torch.bfloat16 if cuda else torch.float32
+    size = (
+        {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+        | {"intermediate_size": 256}
+        if args.small
+        else {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 4}
+        | {"intermediate_size": 4096}
     )
-    enc = {k: v.to(dev) for k, v in enc.items()}
-    n_new = args.new
-    bytes_per_token = params * (2 if dtype == "bfloat16" else 4)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        **size,
+    )
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    params = sum(p.numel() for p in model.parameters())
+    run.data["model"] = {"params": params, "dtype": str(dtype), **size}
+    bytes_per_token = params * model.dtype.itemsize
+    enc = encode(tok, [STREAM_PROMPT], dev)
+    prompt_len = int(enc["input_ids"].shape[1])
+    messages = [HumanMessage(STREAM_PROMPT)]
 
-    def rate(seconds: float, n: int) -> dict[str, float]:
-        tps = n / seconds
-        out = {"tokens": n, "seconds": seconds, "tok_s": tps}
-        if isinstance(bw, dict) and "copy_GBps_read_plus_write" in bw:
-            out["bandwidth_fraction"] = bytes_per_token * tps / (bw["copy_GBps_read_plus_write"] * 1e9)
+    def frac(tok_s: float) -> float:
+        return bytes_per_token * tok_s / (bw["copy_GBps_read_plus_write"] * 1e9) if ok(bw) else 0.0
+
+    def summary(stats: Stats) -> dict[str, Any]:
+        extra = {"bandwidth_fraction_median": frac(stats.median)} if stats.unit == "tok/s" else {}
+        return {**stats.summary(), **extra, "samples": stats.samples}
+
+    def raw_rate(n_new: int, **kw: Any) -> float:
+        sync()
+        start = time.perf_counter()
+        ids = model.generate(**enc, max_new_tokens=n_new, do_sample=False, **kw)
+        sync()
+        return int(ids.shape[1] - prompt_len) / (time.perf_counter() - start)
+
+    # The model is shared by every side; ours compiles its decode step (with CUDA graphs on
+    # the CUDA worker thread) on its first call.
+    chat = HFLocalChatModel.from_model_and_tokenizer(model, tok, max_tokens=args.new, temperature=0)
+
+    def ours_invoke_rate(**kw: Any) -> float:
+        seconds, msg = timed(lambda: chat.invoke(messages, **kw))
+        return (msg.usage_metadata or {}).get("output_tokens", 0) / seconds
+
+    def ours_stream_rate(**kw: Any) -> float:
+        seconds, _, n = ours_stream(chat, STREAM_PROMPT, **kw)
+        return n / seconds
+
+    # 1. the baseline of the batch-1 goal
+    raw_default = run.step(
+        "raw generate, default (dynamic cache)",
+        lambda: summary(interleave({"raw": lambda: raw_rate(args.new)}, repeats=args.repeats, unit="tok/s")["raw"]),
+    )
+    run.step("ours: first call (compile)", lambda: {"seconds": timed(lambda: chat.invoke(messages))[0]})
+    ours = run.step(
+        "ours invoke and stream, interleaved",
+        lambda: {
+            k: summary(v)
+            for k, v in interleave(
+                {"ours invoke": ours_invoke_rate, "ours stream": ours_stream_rate},
+                repeats=2 * args.repeats,
+                unit="tok/s",
+            ).items()
+        },
+    )
+
+    # 2. batch of 16 (comparison 6 on the GPU)
+    prompts = batch_prompts(16)
+    inputs = [[HumanMessage(p)] for p in prompts]
+    singles = [encode(tok, [p], dev) for p in prompts]
+    padded = encode(tok, prompts, dev)
+
+    def sequential_texts() -> list[str]:
+        out = []
+        for e in singles:
+            ids = model.generate(**e, max_new_tokens=BATCH_NEW, do_sample=False)
+            out.append(tok.decode(ids[0, e["input_ids"].shape[1] :], skip_special_tokens=True))
         return out
-
-    def raw_generate(**kw: Any) -> dict[str, float]:
-        sync(torch)
-        start = time.perf_counter()
-        ids = raw.generate(**enc, max_new_tokens=n_new, do_sample=False, **kw)
-        sync(torch)
-        return rate(time.perf_counter() - start, int(ids.shape[1] - enc["input_ids"].shape[1]))
-
-    def repeat(fn: Callable[[], dict[str, float]], n: int | None = None) -> dict[str, Any]:
-        fn()  # warm-up
-        samples = [fn() for _ in range(n or args.repeats)]
-        med = statistics.median(s["tok_s"] for s in samples)
-        out: dict[str, Any] = {
-            "tok_s_median": med,
-            "tok_s": [s["tok_s"] for s in samples],
-            "tokens": samples[0]["tokens"],
-        }
-        if "bandwidth_fraction" in samples[0]:
-            out["bandwidth_fraction_median"] = statistics.median(s["bandwidth_fraction"] for s in samples)
-        return out
-
-    def no_cudnn(fn: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
-        def wrapped() -> dict[str, float]:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-                return fn()
-
-        return wrapped
-
-    raw_default = run.step("raw generate, default (dynamic cache)", lambda: repeat(raw_generate))
-    if "cudnn" not in skip:
-        run.step("raw generate, dynamic cache, cuDNN attention excluded", lambda: repeat(no_cudnn(raw_generate)))
-
-    def raw_streamer() -> dict[str, float]:
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        holder: dict[str, Any] = {}
-        worker = threading.Thread(
-            target=lambda: holder.setdefault(
-                "ids", raw.generate(**enc, max_new_tokens=n_new, do_sample=False, streamer=streamer)
-            )
-        )
-        start = time.perf_counter()
-        worker.start()
-        for _ in streamer:
-            pass
-        worker.join()
-        return rate(time.perf_counter() - start, int(holder["ids"].shape[1] - enc["input_ids"].shape[1]))
-
-    if "streamer" not in skip:
-        run.step("raw generate + TextIteratorStreamer (thread)", lambda: repeat(raw_streamer, 2))
-
-    chat = HFLocalChatModel(model=str(model_dir), device=dev, dtype=dtype, max_tokens=n_new)
-    messages = [HumanMessage(PROMPT)]
-
-    def ours_invoke(**kw: Any) -> dict[str, float]:
-        start = time.perf_counter()
-        msg = chat.invoke(messages, **kw)
-        return rate(time.perf_counter() - start, (msg.usage_metadata or {}).get("output_tokens", 0))
-
-    def ours_stream() -> dict[str, float]:
-        start = time.perf_counter()
-        n = 0
-        for chunk in chat.stream(messages):
-            if chunk.usage_metadata:
-                n = chunk.usage_metadata["output_tokens"]
-        return rate(time.perf_counter() - start, n)
-
-    run.step("ours: load + first call (compile)", lambda: rate(*_first(ours_invoke)))
-    ours_inv = run.step("ours invoke (default path)", lambda: repeat(ours_invoke))
-    ours_str = run.step("ours stream (default path)", lambda: repeat(ours_stream))
-    dynamic = HFLocalChatModel(model=str(model_dir), device=dev, dtype=dtype, max_tokens=n_new, static_cache=False)
-    if "dynamic" not in skip:
-        run.step(
-            "ours invoke, static_cache=False",
-            lambda: repeat(lambda: rate(*_timed_tokens(lambda: dynamic.invoke(messages)))),
-        )
-    if "raw-static" not in skip:
-        run.step(
-            "raw generate, static cache: first call (compile)", lambda: raw_generate(cache_implementation="static")
-        )
-        run.step("raw generate, static cache", lambda: repeat(lambda: raw_generate(cache_implementation="static")))
-
-    prompts = [" ".join(["rose garden story"] * (1 + 3 * i)) for i in range(16)]
-    batch_new = 64
 
     def batch_case() -> dict[str, Any]:
-        bchat = HFLocalChatModel(model=str(model_dir), device=dev, dtype=dtype, max_tokens=batch_new, batch_size=16)
-        inputs = [[HumanMessage(p)] for p in prompts]
-        bchat.batch(inputs)  # warm-up (compiles for this batch shape)
-        sync(torch)
-        t_ours, outs = _timed(lambda: bchat.batch(inputs))
-        singles = [
+        first, _ = timed(lambda: chat.batch(inputs, max_tokens=BATCH_NEW))  # compiles for this shape
+        stats = interleave(
             {
-                k: v.to(dev)
-                for k, v in tok.apply_chat_template(
-                    [{"role": "user", "content": p}],
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=True,
-                    return_tensors="pt",
-                ).items()
-            }
-            for p in prompts
-        ]
-
-        def sequential() -> list[str]:
-            texts = []
-            for e in singles:
-                ids = raw.generate(**e, max_new_tokens=batch_new, do_sample=False)
-                texts.append(tok.decode(ids[0, e["input_ids"].shape[1] :], skip_special_tokens=True))
-            return texts
-
-        t_seq, seq = _timed(sequential)
-        tok.padding_side = "left"
-        padded = tok.apply_chat_template(
-            [[{"role": "user", "content": p}] for p in prompts],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            padding=True,
+                "ours batch": lambda: timed(lambda: chat.batch(inputs, max_tokens=BATCH_NEW))[0],
+                "raw one left-padded generate": lambda: timed(
+                    lambda: (model.generate(**padded, max_new_tokens=BATCH_NEW, do_sample=False), sync())
+                )[0],
+            },
+            repeats=args.repeats,
         )
-        padded = {k: v.to(dev) for k, v in padded.items()}
-        raw.generate(**padded, max_new_tokens=batch_new, do_sample=False)
-        t_pad, _ = _timed(lambda: raw.generate(**padded, max_new_tokens=batch_new, do_sample=False))
-        same = sum(str(o.content).strip() == s.strip() for o, s in zip(outs, seq, strict=True))
+        seq_n = 2 if cuda else 1
+        seq = interleave({"raw sequential generate": lambda: timed(sequential_texts)[0]}, repeats=seq_n, warmup=0)
+        ours_texts = [str(m.content) for m in chat.batch(inputs, max_tokens=BATCH_NEW)]
+        reference = sequential_texts()
+        same = sum(
+            a.rstrip("\ufffd").strip() == b.rstrip("\ufffd").strip() for a, b in zip(ours_texts, reference, strict=True)
+        )
         return {
-            "ours_batch_s": t_ours,
-            "raw_sequential_s": t_seq,
-            "raw_padded_s": t_pad,
-            "speed_vs_sequential": t_seq / t_ours,
-            "speed_vs_padded": t_pad / t_ours,
-            "equal_to_sequential": f"{same}/16",
+            "first_call_compile_s": first,
+            **{k: summary(v) for k, v in {**stats, **seq}.items()},
+            "equal_to_sequential": same,
         }
 
-    batch = run.step("batch of 16 mixed prompts, 64 new tokens", batch_case)
+    batch = run.step("batch of 16 mixed prompts, 64 new tokens", batch_case, estimate_s=90 if cuda else 0)
 
-    comp = Comparison("8", f"GPU: {run.data['gpu']}, bfloat16, random ~{params / 1e9:.2f}B Llama")
-    for name, value in run.data["steps"].items():
-        v = value["value"]
-        if isinstance(v, dict) and "tok_s" in v and isinstance(v["tok_s"], list):
-            extra = {"bw_frac": v.get("bandwidth_fraction_median", 0.0)}
-            comp.sides.append(Stats(name, v["tok_s"], unit="tok/s", extra=extra))
-    if (
-        isinstance(raw_default, dict)
-        and isinstance(ours_str, dict)
-        and "tok_s_median" in ours_str
-        and "tok_s_median" in raw_default
-    ):
-        comp.goals.append(
-            Goal(
-                "ours stream / raw default generate (batch 1)",
-                ours_str["tok_s_median"] / raw_default["tok_s_median"],
-                5.0,
-            )
+    # 3. the raw static-cache path, on the same worker thread (CUDA graphs are bound to it)
+    def raw_static() -> dict[str, Any]:
+        def rate() -> float:
+            return call_on_device_thread(lambda _: raw_rate(args.new, cache_implementation="static"))
+
+        return summary(interleave({"raw static": rate}, repeats=args.repeats, unit="tok/s")["raw static"])
+
+    raw_stat = run.step("raw generate, static cache (on the CUDA worker thread)", raw_static, estimate_s=45)
+
+    # 4. streaming against raw generate + TextIteratorStreamer
+    def streamer() -> dict[str, Any]:
+        def rate() -> float:
+            seconds, _, n = raw_stream(model, tok, enc, args.new)
+            return n / seconds
+
+        return summary(interleave({"raw streamer": rate}, repeats=3, unit="tok/s")["raw streamer"])
+
+    raw_str = run.step("raw generate + TextIteratorStreamer (thread)", streamer, estimate_s=40 if cuda else 0)
+
+    # 5. per-token time at --long vs --new new tokens (ours; no quadratic decoding)
+    def growth() -> dict[str, Any]:
+        def per_token(n: int) -> float:
+            seconds, _, got = ours_stream(chat, STREAM_PROMPT, max_tokens=n)
+            return seconds / got * 1000
+
+        per_token(args.long)  # compile for the longer cache
+        stats = interleave(
+            {"short": lambda: per_token(args.new), "long": lambda: per_token(args.long)}, repeats=3, unit="ms"
         )
-    if (
-        isinstance(ours_str, dict)
-        and isinstance(ours_inv, dict)
-        and "tok_s_median" in ours_inv
-        and "tok_s_median" in ours_str
-    ):
-        comp.goals.append(Goal("ours stream / ours invoke", ours_str["tok_s_median"] / ours_inv["tok_s_median"], 0.95))
-    if isinstance(batch, dict) and "speed_vs_sequential" in batch:
-        comp.goals.append(Goal("batch: ours / raw sequential", batch["speed_vs_sequential"], 4.0))
-        comp.goals.append(Goal("batch: ours / one raw padded generate", batch["speed_vs_padded"], 0.9))
-        comp.notes.append(f"batch outputs equal to sequential greedy: {batch['equal_to_sequential']} (bfloat16)")
-    comp.notes.append(f"device-to-device copy: {bw}")
+        return {k: summary(v) for k, v in stats.items()} | {"ratio": stats["long"].median / stats["short"].median}
+
+    grow = run.step(f"ours per-token ms, {args.long} vs {args.new} new tokens", growth, estimate_s=60 if cuda else 0)
+
+    # 6. the peer, when installed
+    def peer() -> dict[str, Any]:
+        chf = peer_chat(model, tok, args.new)
+        stream_stats = interleave(
+            {"ChatHuggingFace.stream": lambda: _peer_rate(chf, messages)}, repeats=2, unit="tok/s"
+        )
+        chf_batch = peer_chat(model, tok, BATCH_NEW)
+        batch_stats = interleave(
+            {"ChatHuggingFace.batch": lambda: timed(lambda: chf_batch.batch(inputs))[0]}, repeats=1
+        )
+        return {k: summary(v) for k, v in {**stream_stats, **batch_stats}.items()}
+
+    peer_res = run.step("ChatHuggingFace stream and batch", peer, estimate_s=80 if cuda else 0)
+    dynamic = HFLocalChatModel.from_model_and_tokenizer(
+        model, tok, max_tokens=args.new, temperature=0, static_cache=False
+    )
+
+    def dynamic_rate() -> float:
+        seconds, msg = timed(lambda: dynamic.invoke(messages))
+        return (msg.usage_metadata or {}).get("output_tokens", 0) / seconds
+
+    run.step(
+        "ours invoke, static_cache=False",
+        lambda: summary(
+            interleave({"ours static_cache=False": dynamic_rate}, repeats=3, unit="tok/s")["ours static_cache=False"]
+        ),
+        estimate_s=25 if cuda else 0,
+    )
+
+    comp = summarize(
+        run,
+        {
+            "raw_default": raw_default,
+            "ours": ours,
+            "batch": batch,
+            "raw_stat": raw_stat,
+            "raw_str": raw_str,
+            "grow": grow,
+            "peer_res": peer_res,
+            "bw": bw,
+        },
+    )
     run.data["comparison"] = comp.to_json()
     run.save()
     for goal in comp.goals:
         print(goal.row())
+    for note in comp.notes:
+        print("-", note)
     return 0
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _peer_rate(chf: Any, messages: list[Any]) -> float:
+    """ChatHuggingFace.stream tokens/s (tokens counted by re-tokenizing its text)."""
     start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+    text = "".join(str(c.content) for c in chf.stream(messages))
+    seconds = time.perf_counter() - start
+    return max(1, len(chf.tokenizer(text, add_special_tokens=False)["input_ids"])) / seconds
 
 
-def _timed_tokens(fn: Callable[[], Any]) -> tuple[float, int]:
-    seconds, msg = _timed(fn)
-    return seconds, (msg.usage_metadata or {}).get("output_tokens", 0)
-
-
-def _first(fn: Callable[[], dict[str, float]]) -> tuple[float, int]:
-    out = fn()
-    return out["seconds"], int(out["tokens"])
+def summarize(run: Run, results: dict[str, Any]) -> Comparison:
+    """The goals of comparison 8 (and 5-6 on the GPU) from the step results."""
+    raw_default, ours, batch = results["raw_default"], results["ours"], results["batch"]
+    raw_stat, raw_str, grow = results["raw_stat"], results["raw_str"], results["grow"]
+    peer_res, bw = results["peer_res"], results["bw"]
+    comp = Comparison(
+        "8", f"GPU: {run.data['gpu']}, {run.data['model']['dtype']}, {run.data['model']['params']:,} params"
+    )
+    if ok(raw_default) and ok(ours):
+        raw_med = raw_default["median"]
+        inv, stream = ours["ours invoke"]["median"], ours["ours stream"]["median"]
+        comp.goals.append(Goal("ours stream / raw default generate (batch 1)", stream / raw_med, 5.0))
+        comp.goals.append(Goal("ours invoke / raw default generate (batch 1)", inv / raw_med, 5.0))
+        comp.goals.append(Goal("ours stream / ours invoke (streaming cost <= 5%)", stream / inv, 0.95))
+        if ok(raw_stat):
+            comp.notes.append(f"ours stream / raw static-cache generate: {stream / raw_stat['median']:.3f}x (report)")
+        if ok(raw_str):
+            comp.goals.append(
+                Goal("ours stream / raw generate + TextIteratorStreamer", stream / raw_str["median"], 0.95)
+            )
+        if ok(peer_res):
+            comp.notes.append(
+                f"ours stream / ChatHuggingFace.stream: {stream / peer_res['ChatHuggingFace.stream']['median']:.2f}x "
+                "(report)"
+            )
+    if ok(grow):
+        comp.goals.append(Goal("ours per-token time, long / short", grow["ratio"], 1.05, higher_is_better=False))
+    if ok(batch):
+        ours_s = batch["ours batch"]["median"]
+        comp.goals.append(
+            Goal("batch: ours / raw sequential", batch["raw sequential generate"]["median"] / ours_s, 4.0)
+        )
+        comp.goals.append(
+            Goal("batch: ours / one raw padded generate", batch["raw one left-padded generate"]["median"] / ours_s, 0.9)
+        )
+        if ok(peer_res):
+            comp.goals.append(
+                Goal("batch: ours / ChatHuggingFace.batch", peer_res["ChatHuggingFace.batch"]["median"] / ours_s, 3.0)
+            )
+        comp.notes.append(f"batch outputs equal to sequential greedy: {batch['equal_to_sequential']}/16")
+    comp.notes.append(f"device-to-device copy: {bw}")
+    for name, step in run.data["steps"].items():
+        value = step["value"]
+        found = [value] if isinstance(value, dict) and "samples" in value else []
+        if isinstance(value, dict):
+            found += [v for v in value.values() if isinstance(v, dict) and "samples" in v]
+        for stats in found:
+            label = name if stats is value else f"{name}: {stats['name']}"
+            comp.sides.append(Stats(label, stats["samples"], unit=stats["unit"]))
+    return comp
 
 
 def run(repeats: int, *, quick: bool) -> Comparison:

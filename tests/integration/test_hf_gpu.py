@@ -5,6 +5,8 @@ Marked ``gpu``; every test skips, with the reason, where torch sees no CUDA devi
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,38 @@ def test_seq2seq_on_gpu() -> None:
     assert all(m.usage_metadata and m.usage_metadata["output_tokens"] == 8 for m in sequential)
     assert [m.content for m in t5.batch(prompts)] == [m.content for m in sequential]
     assert "".join(str(c.content) for c in t5.stream("Hello")) == sequential[0].content
+
+
+def test_decoding_is_compiled_with_cuda_graphs_on_the_worker_thread(chat: HFLocalChatModel) -> None:
+    from langchain_localllm._device import THREAD_NAME
+
+    seen: list[str] = []
+    with chat._use_bundle() as bundle:
+        model = bundle.model
+        original = model.generate
+
+        def spy(*args: object, **kwargs: object) -> object:
+            seen.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        model.generate = spy
+    try:
+        chat.invoke(SINGLE[0])
+        list(chat.stream(SINGLE[1]))
+    finally:
+        del model.generate
+    assert seen == [THREAD_NAME, THREAD_NAME]
+    # transformers keeps the compile settings of the decode step it compiled last.
+    assert getattr(model, "_last_compile_config", None) is not None
+    assert model._last_compile_config.mode == "reduce-overhead"
+
+
+def test_calls_from_many_threads_and_shapes_share_the_cuda_graphs(chat: HFLocalChatModel) -> None:
+    """What failed with per-call threads: CUDA graphs replayed from a thread that did not record them."""
+    questions = SINGLE[:8]
+    expected = [chat.invoke(q).content for q in questions]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        streamed = list(pool.map(lambda q: "".join(str(c.content) for c in chat.stream(q)), questions))
+        batched = pool.submit(lambda: [m.content for m in chat.batch(questions[:3])]).result()
+    assert streamed == expected
+    assert batched == expected[:3]

@@ -13,7 +13,12 @@ from langchain_localllm._bridge import aiterate_in_thread, iterate_in_thread
 
 
 def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("langchain-localllm")]
+    """Per-call bridge threads still alive (the long-lived CUDA worker is not one)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("langchain-localllm") and not t.name.startswith("langchain-localllm-cuda")
+    ]
 
 
 def counting_producer(limit: int, produced: list[int]) -> Callable[[Callable[[int], None], threading.Event], None]:
