@@ -37,8 +37,9 @@ BATCH_NEW = 64
 class Run:
     """Steps with a time budget; results saved after each step."""
 
-    def __init__(self, out: Path, budget_s: float) -> None:
+    def __init__(self, out: Path, budget_s: float, steps: str) -> None:
         self.out = out
+        self.wanted = set(steps.split(",")) if steps else None
         self.deadline = time.perf_counter() + budget_s
         self.data: dict[str, Any] = {"steps": {}}
         out.mkdir(parents=True, exist_ok=True)
@@ -46,12 +47,14 @@ class Run:
     def save(self) -> None:
         (self.out / "gpu.json").write_text(json.dumps(self.data, indent=1, default=str))
 
-    def step(self, name: str, fn: Callable[[], Any], estimate_s: float = 0.0) -> Any:
+    def step(self, name: str, fn: Callable[[], Any], estimate_s: float = 0.0, key: str = "") -> Any:
         left = self.deadline - time.perf_counter()
         print(f"-- {name} ({left:.0f} s of budget left)", flush=True)
         start = time.perf_counter()
-        if estimate_s > left:
-            value: Any = {"skipped": f"time budget: needs about {estimate_s:.0f} s, {left:.0f} s left"}
+        if key and self.wanted is not None and key not in self.wanted:
+            value: Any = {"skipped": "not selected (--steps)"}
+        elif estimate_s > left:
+            value = {"skipped": f"time budget: needs about {estimate_s:.0f} s, {left:.0f} s left"}
         else:
             try:
                 value = fn()
@@ -78,6 +81,11 @@ def main() -> int:
     parser.add_argument("--long", type=int, default=1024, help="new tokens for the per-token growth check")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip steps that would not fit")
+    parser.add_argument(
+        "--steps",
+        default="",
+        help="comma-separated optional steps to run (default all): batch,rawequal,static,streamer,growth,peer,dynamic",
+    )
     args = parser.parse_args()
 
     import torch
@@ -88,7 +96,7 @@ def main() -> int:
     from langchain_localllm import HFLocalChatModel
     from langchain_localllm._device import call_on_device_thread
 
-    run = Run(args.out, args.budget_s)
+    run = Run(args.out, args.budget_s, args.steps)
     dev = args.device
     cuda = dev == "cuda"
     run.data["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -167,22 +175,24 @@ def main() -> int:
         return n / seconds
 
     # 1. the baseline of the batch-1 goal
-    raw_default = run.step(
-        "raw generate, default (dynamic cache)",
-        lambda: summary(interleave({"raw": lambda: raw_rate(args.new)}, repeats=args.repeats, unit="tok/s")["raw"]),
-    )
+    # 1. batch 1: the baseline of the goal and ours, interleaved round by round
     run.step("ours: first call (compile)", lambda: {"seconds": timed(lambda: chat.invoke(messages))[0]})
-    ours = run.step(
-        "ours invoke and stream, interleaved",
-        lambda: {
-            k: summary(v)
-            for k, v in interleave(
-                {"ours invoke": ours_invoke_rate, "ours stream": ours_stream_rate},
-                repeats=2 * args.repeats,
-                unit="tok/s",
-            ).items()
-        },
-    )
+
+    def batch_one() -> dict[str, Any]:
+        stats = interleave(
+            {
+                "raw default": lambda: raw_rate(args.new),
+                "ours invoke": ours_invoke_rate,
+                "ours stream": ours_stream_rate,
+            },
+            repeats=args.repeats,
+            unit="tok/s",
+        )
+        return {k: summary(v) for k, v in stats.items()}
+
+    core = run.step("batch 1: raw default generate, ours invoke, ours stream (interleaved)", batch_one)
+    raw_default = core["raw default"] if ok(core) else core
+    ours = core
 
     # 2. batch of 16 (comparison 6 on the GPU)
     prompts = batch_prompts(16)
@@ -209,19 +219,40 @@ def main() -> int:
             repeats=args.repeats,
         )
         seq_n = 2 if cuda else 1
-        seq = interleave({"raw sequential generate": lambda: timed(sequential_texts)[0]}, repeats=seq_n, warmup=0)
-        ours_texts = [str(m.content) for m in chat.batch(inputs, max_tokens=BATCH_NEW)]
-        reference = sequential_texts()
-        same = sum(
-            a.rstrip("\ufffd").strip() == b.rstrip("\ufffd").strip() for a, b in zip(ours_texts, reference, strict=True)
+        texts: list[list[str]] = []
+        seq = interleave(
+            {"raw sequential generate": lambda: timed(lambda: texts.append(sequential_texts()))[0]},
+            repeats=seq_n,
+            warmup=0,
         )
+        ours_texts = [str(m.content) for m in chat.batch(inputs, max_tokens=BATCH_NEW)]
         return {
             "first_call_compile_s": first,
             **{k: summary(v) for k, v in {**stats, **seq}.items()},
-            "equal_to_sequential": same,
+            "equal_to_sequential": same_texts(ours_texts, texts[0]),
+            "raw padded equal to sequential": same_texts(padded_texts(), texts[0]),
+            "ours equal to raw padded": same_texts(ours_texts, padded_texts()),
         }
 
-    batch = run.step("batch of 16 mixed prompts, 64 new tokens", batch_case, estimate_s=90 if cuda else 0)
+    def padded_texts() -> list[str]:
+        ids = model.generate(**padded, max_new_tokens=BATCH_NEW, do_sample=False)
+        return list(tok.batch_decode(ids[:, padded["input_ids"].shape[1] :], skip_special_tokens=True))
+
+    def same_texts(a: list[str], b: list[str]) -> int:
+        # A raw decode renders a character cut off by the token budget as U+FFFD; ours drops it.
+        return sum(x.rstrip("\ufffd").strip() == y.rstrip("\ufffd").strip() for x, y in zip(a, b, strict=True))
+
+    batch = run.step("batch of 16 mixed prompts, 64 new tokens", batch_case, estimate_s=180 if cuda else 0, key="batch")
+
+    def raw_equality() -> dict[str, Any]:
+        return {"raw padded equal to sequential": same_texts(padded_texts(), sequential_texts())}
+
+    run.step(
+        "batch outputs: raw padded generate vs raw sequential",
+        raw_equality,
+        estimate_s=30 if cuda else 0,
+        key="rawequal",
+    )
 
     # 3. the raw static-cache path, on the same worker thread (CUDA graphs are bound to it)
     def raw_static() -> dict[str, Any]:
@@ -230,7 +261,9 @@ def main() -> int:
 
         return summary(interleave({"raw static": rate}, repeats=args.repeats, unit="tok/s")["raw static"])
 
-    raw_stat = run.step("raw generate, static cache (on the CUDA worker thread)", raw_static, estimate_s=45)
+    raw_stat = run.step(
+        "raw generate, static cache (on the CUDA worker thread)", raw_static, estimate_s=45, key="static"
+    )
 
     # 4. streaming against raw generate + TextIteratorStreamer
     def streamer() -> dict[str, Any]:
@@ -240,7 +273,9 @@ def main() -> int:
 
         return summary(interleave({"raw streamer": rate}, repeats=3, unit="tok/s")["raw streamer"])
 
-    raw_str = run.step("raw generate + TextIteratorStreamer (thread)", streamer, estimate_s=40 if cuda else 0)
+    raw_str = run.step(
+        "raw generate + TextIteratorStreamer (thread)", streamer, estimate_s=40 if cuda else 0, key="streamer"
+    )
 
     # 5. per-token time at --long vs --new new tokens (ours; no quadratic decoding)
     def growth() -> dict[str, Any]:
@@ -254,7 +289,9 @@ def main() -> int:
         )
         return {k: summary(v) for k, v in stats.items()} | {"ratio": stats["long"].median / stats["short"].median}
 
-    grow = run.step(f"ours per-token ms, {args.long} vs {args.new} new tokens", growth, estimate_s=60 if cuda else 0)
+    grow = run.step(
+        f"ours per-token ms, {args.long} vs {args.new} new tokens", growth, estimate_s=60 if cuda else 0, key="growth"
+    )
 
     # 6. the peer, when installed
     def peer() -> dict[str, Any]:
@@ -268,7 +305,7 @@ def main() -> int:
         )
         return {k: summary(v) for k, v in {**stream_stats, **batch_stats}.items()}
 
-    peer_res = run.step("ChatHuggingFace stream and batch", peer, estimate_s=80 if cuda else 0)
+    peer_res = run.step("ChatHuggingFace stream and batch", peer, estimate_s=60 if cuda else 0, key="peer")
     dynamic = HFLocalChatModel.from_model_and_tokenizer(
         model, tok, max_tokens=args.new, temperature=0, static_cache=False
     )
@@ -283,6 +320,7 @@ def main() -> int:
             interleave({"ours static_cache=False": dynamic_rate}, repeats=3, unit="tok/s")["ours static_cache=False"]
         ),
         estimate_s=25 if cuda else 0,
+        key="dynamic",
     )
 
     comp = summarize(
