@@ -29,7 +29,17 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
 from harness import Comparison, Goal, Stats, interleave, timed  # noqa: E402
-from hf_cases import STREAM_PROMPT, batch_prompts, encode, ours_stream, peer_chat, raw_stream  # noqa: E402
+from hf_cases import (  # noqa: E402
+    STREAM_PROMPT,
+    batch_prompts,
+    count_equal,
+    encode,
+    ours_stream,
+    peer_chat,
+    raw_padded_texts,
+    raw_sequential_texts,
+    raw_stream,
+)
 
 BATCH_NEW = 64
 
@@ -201,11 +211,10 @@ def main() -> int:
     padded = encode(tok, prompts, dev)
 
     def sequential_texts() -> list[str]:
-        out = []
-        for e in singles:
-            ids = model.generate(**e, max_new_tokens=BATCH_NEW, do_sample=False)
-            out.append(tok.decode(ids[0, e["input_ids"].shape[1] :], skip_special_tokens=True))
-        return out
+        return raw_sequential_texts(model, tok, singles, BATCH_NEW)
+
+    def padded_texts() -> list[str]:
+        return raw_padded_texts(model, tok, padded, BATCH_NEW)
 
     def batch_case() -> dict[str, Any]:
         first, _ = timed(lambda: chat.batch(inputs, max_tokens=BATCH_NEW))  # compiles for this shape
@@ -229,23 +238,15 @@ def main() -> int:
         return {
             "first_call_compile_s": first,
             **{k: summary(v) for k, v in {**stats, **seq}.items()},
-            "equal_to_sequential": same_texts(ours_texts, texts[0]),
-            "raw padded equal to sequential": same_texts(padded_texts(), texts[0]),
-            "ours equal to raw padded": same_texts(ours_texts, padded_texts()),
+            "equal_to_sequential": count_equal(ours_texts, texts[0]),
+            "raw padded equal to sequential": count_equal(padded_texts(), texts[0]),
+            "ours equal to raw padded": count_equal(ours_texts, padded_texts()),
         }
-
-    def padded_texts() -> list[str]:
-        ids = model.generate(**padded, max_new_tokens=BATCH_NEW, do_sample=False)
-        return list(tok.batch_decode(ids[:, padded["input_ids"].shape[1] :], skip_special_tokens=True))
-
-    def same_texts(a: list[str], b: list[str]) -> int:
-        # A raw decode renders a character cut off by the token budget as U+FFFD; ours drops it.
-        return sum(x.rstrip("\ufffd").strip() == y.rstrip("\ufffd").strip() for x, y in zip(a, b, strict=True))
 
     batch = run.step("batch of 16 mixed prompts, 64 new tokens", batch_case, estimate_s=180 if cuda else 0, key="batch")
 
     def raw_equality() -> dict[str, Any]:
-        return {"raw padded equal to sequential": same_texts(padded_texts(), sequential_texts())}
+        return {"raw padded equal to sequential": count_equal(padded_texts(), sequential_texts())}
 
     run.step(
         "batch outputs: raw padded generate vs raw sequential",

@@ -159,6 +159,27 @@ def case_stream(hf: Path, repeats: int, *, quick: bool) -> Comparison:
     return comp
 
 
+def raw_sequential_texts(model: Any, tok: Any, singles: list[Any], n_new: int) -> list[str]:
+    """Greedy answers of raw ``generate``, one prompt at a time."""
+    out = []
+    for enc in singles:
+        ids = model.generate(**enc, max_new_tokens=n_new, do_sample=False)
+        out.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    return out
+
+
+def raw_padded_texts(model: Any, tok: Any, padded: Any, n_new: int) -> list[str]:
+    """Greedy answers of one raw left-padded ``generate``."""
+    ids = model.generate(**padded, max_new_tokens=n_new, do_sample=False)
+    return list(tok.batch_decode(ids[:, padded["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def count_equal(a: list[str], b: list[str]) -> int:
+    """How many answers are equal (a raw decode renders a character cut off by the token
+    budget as U+FFFD; ours drops it, so a trailing U+FFFD is ignored)."""
+    return sum(x.rstrip("\ufffd").strip() == y.rstrip("\ufffd").strip() for x, y in zip(a, b, strict=True))
+
+
 def batch_prompts(n: int = 16) -> list[str]:
     return [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + 5 * i)) for i in range(n)]
 
@@ -176,11 +197,7 @@ def case_batch(hf: Path, repeats: int, *, quick: bool, device: str = "cpu", dtyp
     peer = peer_chat(model, tok, n_new)
 
     def sequential_texts() -> list[str]:
-        out = []
-        for enc in singles:
-            ids = model.generate(**enc, max_new_tokens=n_new, do_sample=False)
-            out.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-        return out
+        return raw_sequential_texts(model, tok, singles, n_new)
 
     stats = interleave(
         {
@@ -202,16 +219,10 @@ def case_batch(hf: Path, repeats: int, *, quick: bool, device: str = "cpu", dtyp
     comp.goals.append(Goal("speed ours / ChatHuggingFace.batch", med["ChatHuggingFace.batch"] / med["ours batch"], 3.0))
     ours_texts = [str(m.content) for m in chat.batch(inputs)]
     seq = sequential_texts()
-    ids = model.generate(**padded, max_new_tokens=n_new, do_sample=False)
-    raw_padded = tok.batch_decode(ids[:, padded["input_ids"].shape[1] :], skip_special_tokens=True)
-
-    def equal(a: str, b: str) -> bool:
-        # A raw decode renders a character cut off by max_new_tokens as U+FFFD; ours drops it.
-        return a.rstrip("\ufffd").strip() == b.rstrip("\ufffd").strip()
-
-    same = sum(equal(a, b) for a, b in zip(ours_texts, seq, strict=True))
-    raw_same = sum(equal(a, b) for a, b in zip(raw_padded, seq, strict=True))
-    ours_vs_raw_padded = sum(equal(a, b) for a, b in zip(ours_texts, raw_padded, strict=True))
+    raw_padded = raw_padded_texts(model, tok, padded, n_new)
+    same = count_equal(ours_texts, seq)
+    raw_same = count_equal(raw_padded, seq)
+    ours_vs_raw_padded = count_equal(ours_texts, raw_padded)
     comp.notes.append(
         f"batched outputs equal to sequential greedy outputs: ours {same}/16, raw padded generate {raw_same}/16; "
         f"ours equal to raw padded generate: {ours_vs_raw_padded}/16 (texts compared without a trailing "
