@@ -196,15 +196,19 @@ def case_batch(hf: Path, repeats: int, *, quick: bool, device: str = "cpu", dtyp
     padded = encode(tok, prompts, device)
     peer = peer_chat(model, tok, n_new)
 
-    def sequential_texts() -> list[str]:
-        return raw_sequential_texts(model, tok, singles, n_new)
+    last: dict[str, list[str]] = {}  # the answers of each side's last timed run, compared below
+
+    def keep(side: str, texts: list[str]) -> None:
+        last[side] = texts
 
     stats = interleave(
         {
-            "ours batch": lambda: timed(lambda: chat.batch(inputs))[0],
-            "raw sequential generate": lambda: timed(sequential_texts)[0],
+            "ours batch": lambda: timed(lambda: keep("ours", [str(m.content) for m in chat.batch(inputs)]))[0],
+            "raw sequential generate": lambda: timed(
+                lambda: keep("seq", raw_sequential_texts(model, tok, singles, n_new))
+            )[0],
             "raw one left-padded generate": lambda: timed(
-                lambda: model.generate(**padded, max_new_tokens=n_new, do_sample=False)
+                lambda: keep("padded", raw_padded_texts(model, tok, padded, n_new))
             )[0],
             "ChatHuggingFace.batch": lambda: timed(lambda: peer.batch(inputs))[0],
         },
@@ -217,9 +221,7 @@ def case_batch(hf: Path, repeats: int, *, quick: bool, device: str = "cpu", dtyp
         Goal("speed ours / one raw padded generate", med["raw one left-padded generate"] / med["ours batch"], 0.9)
     )
     comp.goals.append(Goal("speed ours / ChatHuggingFace.batch", med["ChatHuggingFace.batch"] / med["ours batch"], 3.0))
-    ours_texts = [str(m.content) for m in chat.batch(inputs)]
-    seq = sequential_texts()
-    raw_padded = raw_padded_texts(model, tok, padded, n_new)
+    ours_texts, seq, raw_padded = last["ours"], last["seq"], last["padded"]
     same = count_equal(ours_texts, seq)
     raw_same = count_equal(raw_padded, seq)
     ours_vs_raw_padded = count_equal(ours_texts, raw_padded)

@@ -7,7 +7,7 @@ min / median / max and the ratio of medians against the goal. Exits non-zero if 
 goal is missed, naming it.
 
     make bench                      # the standard run (~30M-parameter bench model)
-    make bench ARGS=--quick         # about a minute
+    make bench ARGS=--quick         # about 3 minutes on 2 cores (fewer repeats and tokens)
     python scripts/bench/run.py --only 1,2 --gguf ~/models/model.gguf --hf ~/models/model-dir
 """
 
@@ -111,7 +111,7 @@ def update_docs(table: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and tokens (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and tokens (about 3 minutes on 2 cores)")
     parser.add_argument("--full", action="store_true", help="also the larger bench model")
     parser.add_argument("--gguf", type=Path, help="use this GGUF file instead of the generated bench model")
     parser.add_argument("--hf", type=Path, help="use this HF model dir instead of the generated bench model")
