@@ -42,6 +42,7 @@ from langchain_localllm._bridge import iterate_in_thread
 from langchain_localllm._device import call_on_device_thread, cuda_graphs_usable, device_executor, on_device_thread
 from langchain_localllm._hf_grammar import GrammarProcessor
 from langchain_localllm._hf_load import HFBundle, LoadSpec, bundle_from_objects, load_bundle
+from langchain_localllm._hf_prefill import cache_argument, merged_prefill, plan_groups
 from langchain_localllm._imports import import_optional
 from langchain_localllm._messages import ChatDict, fold_system, plain_text_prompt
 from langchain_localllm._stop import StopBuffer
@@ -243,7 +244,7 @@ class Sampling:
     def _use_static_cache(self, bundle: HFBundle) -> bool:
         if self.static_cache is False or bundle.is_seq2seq:
             return False
-        if {"cache_implementation", "past_key_values"} & set(self.generate_kwargs):
+        if {"cache_implementation", "cache", "past_key_values"} & set(self.generate_kwargs):
             return False  # the caller chose the cache
         model = bundle.model
         supported = (
@@ -480,7 +481,15 @@ def generate_rows(
     if sampling.seed is not None and config.do_sample:
         torch.manual_seed(sampling.seed)
     device = bundle.device
+    own_cache = {"cache", "past_key_values", "cache_implementation"} & set(kwargs)
+    static = config.cache_implementation == "static"
+    groups = None if bundle.is_seq2seq or own_cache or static else plan_groups([len(p) for p in prompts])
     with torch.inference_mode(), _attention_backends(device):
+        if groups is not None:  # mixed lengths: prefill length-sorted groups into one cache
+            cache = merged_prefill(bundle.model, prompts, pad, device, groups)
+            argument = cache_argument(bundle.model)
+            if cache is not None and argument is not None:
+                kwargs[argument] = cache
         bundle.model.generate(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
             attention_mask=torch.tensor(mask, dtype=torch.long, device=device),

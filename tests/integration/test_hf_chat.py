@@ -345,6 +345,32 @@ def test_batch_runs_padded_groups_and_equals_sequential(hf_path: Path, monkeypat
     assert len(lengths) > 1
 
 
+def test_mixed_length_batch_prefills_sorted_groups_into_one_cache(
+    chat: HFLocalChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_localllm import _hf
+    from langchain_localllm._hf_prefill import cache_argument, plan_groups
+
+    plain = [ex for ex in CHATS if all(m["role"] in {"system", "user", "assistant"} for m in ex.messages)]
+    by_length = sorted(plain, key=lambda ex: chat.get_num_tokens_from_messages(messages_of(ex)))
+    cases = by_length[:4] + by_length[-4:]  # the shortest and the longest conversations
+    inputs = [messages_of(ex) for ex in cases]
+    lengths = [chat.get_num_tokens_from_messages(m) for m in inputs]
+    assert plan_groups(lengths) is not None, f"lengths {lengths} are too even to exercise the grouped prefill"
+    spy = GenerateSpy(chat, monkeypatch)
+    grouped = chat.batch(inputs)
+    argument = cache_argument(spy.model)
+    assert len(spy.calls) == 1
+    assert spy.calls[0]["rows"] == len(inputs)  # still one decode for all rows
+    assert argument is not None
+    assert type(spy.calls[0]["kwargs"][argument]).__name__ == "DynamicCache"
+    monkeypatch.setattr(_hf, "plan_groups", lambda lengths: None)  # the ordinary padded prefill
+    padded = chat.batch(inputs)
+    assert argument not in spy.calls[1]["kwargs"]
+    assert [m.content for m in grouped] == [m.content for m in padded] == [ex.answer for ex in cases]
+    assert [m.usage_metadata for m in grouped] == [m.usage_metadata for m in padded]
+
+
 def test_batch_of_conversations_with_systems_and_stops(chat: HFLocalChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
     cases = [ex for ex in CHATS if ex.system is not None or not ex.single_turn][:8]
     inputs = [messages_of(ex) for ex in cases]
