@@ -25,6 +25,8 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Generic, TypeVar
 
+from langchain_localllm._device import on_device_thread
+
 __all__ = ["Cancelled", "aiterate_in_thread", "iterate_in_thread"]
 
 T = TypeVar("T")
@@ -87,7 +89,11 @@ def iterate_in_thread(
             yield item  # type: ignore[misc]
     finally:
         cancel.set()
-        join()
+        if executor is None or not on_device_thread():
+            # Not when the garbage collector finalizes an abandoned stream on the CUDA
+            # worker itself: waiting there for a job only that thread can run would hang
+            # it. The job sees ``cancel`` and ends on its own.
+            join()
 
 
 def _start(run: Callable[[], None], name: str, executor: concurrent.futures.Executor | None) -> Callable[[], object]:

@@ -17,7 +17,8 @@ thread per call would fail (old torch) or re-record graphs on every call (new to
 All CUDA generation therefore runs on one worker thread, created on first use and kept
 for the life of the process. Generation on one model was already serialized by the
 model cache's per-model lock; this also serializes generation across CUDA models,
-which share the GPU anyway.
+first come first served, even on different GPUs (with torch up to 2.12 only one
+thread can own CUDA graphs at all).
 
 The worker is a daemon thread that is never joined or stopped, on purpose: torch
 keeps Python objects in the C++ thread-local storage of a thread that used CUDA-graph
@@ -75,15 +76,20 @@ class _DeviceThread(concurrent.futures.Executor):
     def _work(self) -> None:
         _local.device_thread = True
         while True:
-            future, job = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = job()
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
-                future.set_exception(e)
-            else:
-                future.set_result(result)
+            # One job per call, so that idle, this thread holds nothing: a finished job's
+            # result, or an error's traceback, could keep a model's tensors alive.
+            self._run_one(*self._jobs.get())
+
+    @staticmethod
+    def _run_one(future: concurrent.futures.Future[Any], job: Callable[[], Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = job()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+            future.set_exception(e)
+        else:
+            future.set_result(result)
 
 
 def on_device_thread() -> bool:

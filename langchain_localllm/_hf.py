@@ -459,6 +459,8 @@ def generate_rows(
     for a row on an EOS id, a stop string or its budget; for all rows when any of
     ``cancels`` is set. Exceptions from ``generate`` propagate.
     """
+    if any(c.is_set() for c in cancels):
+        return  # cancelled while queued (e.g. behind other jobs on the CUDA worker): no prefill
     torch = import_optional("torch")
     width = max(len(p) for p in prompts)
     pad = bundle.pad_id
@@ -481,9 +483,7 @@ def generate_rows(
     if sampling.seed is not None and config.do_sample:
         torch.manual_seed(sampling.seed)
     device = bundle.device
-    own_cache = {"cache", "past_key_values", "cache_implementation"} & set(kwargs)
-    static = config.cache_implementation == "static"
-    groups = None if bundle.is_seq2seq or own_cache or static else plan_groups([len(p) for p in prompts])
+    groups = plan_groups([len(p) for p in prompts]) if _may_merge_prefill(bundle, config, kwargs) else None
     with torch.inference_mode(), _attention_backends(device):
         if groups is not None:  # mixed lengths: prefill length-sorted groups into one cache
             cache = merged_prefill(bundle.model, prompts, pad, device, groups)
@@ -499,6 +499,23 @@ def generate_rows(
         )
     if not any(c.is_set() for c in cancels):
         observer.finish_all()
+
+
+def _may_merge_prefill(bundle: HFBundle, config: Any, kwargs: Mapping[str, Any]) -> bool:
+    """Whether a grouped prefill into one merged cache (see _hf_prefill.py) fits this call.
+
+    Not for seq2seq models, a cache chosen by the caller or by the generation config
+    (static, offloaded, quantized...), or generation without a KV cache (``use_cache``
+    off: ``generate`` would then re-read the whole sequence every step).
+    """
+    if bundle.is_seq2seq or {"cache", "past_key_values", "cache_implementation"} & set(kwargs):
+        return False
+    if getattr(config, "cache_implementation", None) is not None:
+        return False
+    for source in (kwargs.get("use_cache"), getattr(config, "use_cache", None)):
+        if source is not None:  # the first that is set decides, as in generate
+            return bool(source)
+    return getattr(bundle.model.config, "use_cache", True) is not False
 
 
 def stream_events(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_localllm._imports import import_optional
@@ -70,29 +70,36 @@ def merged_prefill(
     """Prefill ``prompts`` group by group; return one left-padded ``DynamicCache`` for all rows.
 
     The cache holds every row's prompt except its last token, at the width of a
-    left-padded batch of all ``prompts``. Returns None when the model's cache is not
-    plain (see the module docstring); the caller then prefills as one padded batch.
-    Run it under ``torch.inference_mode()``.
+    left-padded batch of all ``prompts``. Returns None, before any forward pass, when
+    the model's cache is not plain or its ``forward`` lacks an argument this needs
+    (see the module docstring); the caller then prefills as one padded batch.
+    Peak memory is about one batch-wide cache plus one layer. Run it under
+    ``torch.inference_mode()``.
     """
     torch = import_optional("torch")
     cache_utils = import_optional("transformers").cache_utils
     dynamic_cache, dynamic_layer = cache_utils.DynamicCache, getattr(cache_utils, "DynamicLayer", None)
     argument = cache_argument(model)
+    parameters = inspect.signature(model.forward).parameters
     if (
         argument is None
         or dynamic_layer is None
+        or not {"attention_mask", "position_ids", "use_cache"} <= set(parameters)
         or "ddp_cache_data" not in inspect.signature(dynamic_cache.__init__).parameters
+        or not _plain(dynamic_cache(config=model.config), dynamic_layer, allow_empty=True)
     ):
-        return None  # a model or transformers version without the cache API this relies on
+        return None
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     width = max(len(p) for p in prompts)
-    rows: list[list[tuple[Any, Any]]] = [[] for _ in prompts]
+    keys: list[Any] = []  # per layer: (rows, kv heads, width - 1, head dim), filled group by group
+    values: list[Any] = []
     for group in groups:
         group_width = max(len(prompts[i]) for i in group)
         ids = [[pad_id] * (group_width - len(prompts[i])) + list(prompts[i]) for i in group]
         mask = torch.tensor(
             [[0] * (group_width - len(prompts[i])) + [1] * len(prompts[i]) for i in group], device=device
         )
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate derives them
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # the real tokens' positions, as in one padded batch
         cache = dynamic_cache(config=model.config)
         model(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device)[:, :-1],
@@ -100,26 +107,34 @@ def merged_prefill(
             position_ids=positions[:, :-1],
             use_cache=True,
             **{argument: cache},
-            logits_to_keep=1,
+            **extra,
         )
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not dynamic_layer for layer in layers):
+        if not _plain(cache, dynamic_layer, allow_empty=False):
             return None
-        pad = width - group_width
-        for slot, row in enumerate(group):
-            rows[row] = [
-                (_left_pad(torch, layer.keys[slot], pad), _left_pad(torch, layer.values[slot], pad)) for layer in layers
-            ]
-    merged = [
-        (torch.stack([row[layer][0] for row in rows]), torch.stack([row[layer][1] for row in rows]))
-        for layer in range(len(rows[0]))
-    ]
-    return dynamic_cache(ddp_cache_data=merged)
+        rows = torch.tensor(list(group), device=device)
+        start = width - group_width  # left padding of this group's rows in the whole batch
+        for index, layer in enumerate(cache.layers):
+            if index == len(keys):
+                shape = (len(prompts), *layer.keys.shape[1:2], width - 1, *layer.keys.shape[3:])
+                keys.append(layer.keys.new_zeros(shape))
+                values.append(layer.values.new_zeros(shape))
+            keys[index][rows, :, start:] = layer.keys
+            values[index][rows, :, start:] = layer.values
+        del cache
+    return dynamic_cache(ddp_cache_data=_drain(keys, values))
 
 
-def _left_pad(torch: Any, states: Any, pad: int) -> Any:
-    """``states`` is (heads, positions, head_dim): add ``pad`` zero positions in front."""
-    if pad == 0:
-        return states
-    zeros = states.new_zeros((states.shape[0], pad, states.shape[2]))
-    return torch.cat([zeros, states], dim=1)
+def _plain(cache: Any, dynamic_layer: type, *, allow_empty: bool) -> bool:
+    """Every layer of ``cache`` is a full-attention ``DynamicLayer`` (none yet: ``allow_empty``)."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return allow_empty
+    return all(type(layer) is dynamic_layer for layer in layers)
+
+
+def _drain(keys: list[Any], values: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """Hand the layers over one at a time, dropping ours as the cache copies each in."""
+    keys.reverse()
+    values.reverse()
+    while keys:
+        yield keys.pop(), values.pop()

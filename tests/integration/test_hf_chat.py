@@ -371,6 +371,24 @@ def test_mixed_length_batch_prefills_sorted_groups_into_one_cache(
     assert [m.usage_metadata for m in grouped] == [m.usage_metadata for m in padded]
 
 
+@pytest.mark.parametrize("setting", ["use_cache off", "cache named by the generation config"])
+def test_mixed_length_batch_without_a_mergeable_cache_is_padded_and_right(
+    hf_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    from langchain_localllm._hf_prefill import cache_argument
+
+    kwargs: dict[str, Any] = {"generate_kwargs": {"use_cache": False}} if setting == "use_cache off" else {}
+    chat = HFLocalChatModel(model=str(hf_path), device="cpu", **kwargs)
+    plain = [ex for ex in CHATS if all(m["role"] in {"system", "user", "assistant"} for m in ex.messages)]
+    by_length = sorted(plain, key=lambda ex: chat.get_num_tokens_from_messages(messages_of(ex)))
+    cases = by_length[:3] + by_length[-3:]
+    spy = GenerateSpy(chat, monkeypatch)
+    if setting != "use_cache off":
+        monkeypatch.setattr(spy.model.generation_config, "cache_implementation", "dynamic")
+    assert [m.content for m in chat.batch([messages_of(ex) for ex in cases])] == [ex.answer for ex in cases]
+    assert cache_argument(spy.model) not in spy.calls[0]["kwargs"]  # one padded prefill
+
+
 def test_batch_of_conversations_with_systems_and_stops(chat: HFLocalChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
     cases = [ex for ex in CHATS if ex.system is not None or not ex.single_turn][:8]
     inputs = [messages_of(ex) for ex in cases]

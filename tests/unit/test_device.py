@@ -6,9 +6,11 @@ The executor and the routing are exercised on CPU with a fake CUDA bundle (a
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -166,3 +168,50 @@ def test_static_cache_compiles_with_cuda_graphs_only_on_the_worker() -> None:
     assert there.compile_config.mode == "reduce-overhead"
     on_cpu = call_on_device_thread(lambda cancel: Sampling(static_cache=True).generation_config(fake_bundle("cpu"), 8))
     assert on_cpu.compile_config.mode == "default"  # CUDA graphs exist only on CUDA
+
+
+def test_a_stream_finalized_on_the_worker_itself_does_not_hang_it() -> None:
+    """E.g. the garbage collector closing an abandoned stream during its own CUDA job."""
+    holder: dict[str, Any] = {}
+    taken = threading.Event()
+    closed = threading.Event()
+
+    def producer(emit: Callable[[int], None], cancel: threading.Event) -> None:
+        emit(0)
+        taken.wait(timeout=10)
+        holder["stream"].close()  # on the worker, while this very job runs
+        closed.set()
+
+    stream = iterate_in_thread(producer, executor=device_executor())
+    holder["stream"] = stream
+    assert next(stream) == 0
+    taken.set()
+    assert closed.wait(timeout=10), "closing the stream on the worker deadlocked it"
+    assert call_on_device_thread(thread_name).startswith(_device.THREAD_NAME)  # the worker still serves
+
+
+def test_the_idle_worker_keeps_nothing_of_a_finished_job_alive() -> None:
+    class Activations:
+        pass
+
+    refs: list[weakref.ref[Activations]] = []
+
+    def failing_job(cancel: threading.Event) -> None:
+        held = Activations()  # referenced from the traceback's frame
+        refs.append(weakref.ref(held))
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        call_on_device_thread(failing_job)
+    gc.collect()
+    assert refs[0]() is None
+
+
+def test_a_job_cancelled_while_queued_never_prefills() -> None:
+    cancelled = threading.Event()
+    cancelled.set()
+    events: list[object] = []
+    bundle = fake_bundle("cpu")
+    bundle.model.generate = None  # would raise if anything got that far
+    _hf.generate_rows(bundle, [[1, 2]], [4], sampling=Sampling(), stops=[], emit=events.append, cancels=[cancelled])
+    assert events == []
