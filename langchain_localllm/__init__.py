@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from langchain_localllm._cache import CacheInfo, clear_model_cache, model_cache_info, set_model_cache_size
+from langchain_localllm._core.cache import CacheInfo, clear_model_cache, model_cache_info, set_model_cache_size
 from langchain_localllm.chat_models import HFLocalChatModel, LocalGGMLChatModel
 from langchain_localllm.errors import (
     ChatTemplateError,
+    ConstraintError,
     ContextWindowExceededError,
     GenerationError,
     InvalidModelFileError,
+    InvalidParameterError,
     LegacyGGMLFormatError,
     LocalLLMError,
     MissingDependencyError,
     ModelFormatError,
+    ModelLoadError,
     ModelNotFoundError,
+    UnsupportedContentError,
 )
 from langchain_localllm.llms import LocalGGMLLLM
 
@@ -31,17 +35,21 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 __all__ = [
     "CacheInfo",
     "ChatTemplateError",
+    "ConstraintError",
     "ContextWindowExceededError",
     "GenerationError",
     "HFLocalChatModel",
     "InvalidModelFileError",
+    "InvalidParameterError",
     "LegacyGGMLFormatError",
     "LocalGGMLChatModel",
     "LocalGGMLLLM",
     "LocalLLMError",
     "MissingDependencyError",
     "ModelFormatError",
+    "ModelLoadError",
     "ModelNotFoundError",
+    "UnsupportedContentError",
     "__version__",
     "clear_model_cache",
     "model_cache_info",

@@ -10,13 +10,23 @@ so ``except FileNotFoundError`` or ``except ValueError`` keep working::
     ├── ModelFormatError            (ValueError)
     │   ├── LegacyGGMLFormatError   the file is pre-GGUF GGML/GGMF/GGJT: convert it
     │   └── InvalidModelFileError   not a model file, truncated or corrupt
+    ├── ModelLoadError              (RuntimeError) the backend refused a model that passed
+    │                                our checks (unknown architecture, out of memory, ...)
     ├── ContextWindowExceededError  (langchain-core's ContextOverflowError where defined,
-    │                                else ValueError) the prompt does not fit ``n_ctx``
+    │                                else ValueError) the prompt does not fit the context window
     ├── ChatTemplateError           (ValueError) no usable chat template / render failed
+    ├── UnsupportedContentError     (ValueError) images, audio or files sent to a text-only model
+    ├── InvalidParameterError       (ValueError, TypeError) a field or call option out of range,
+    │                                of the wrong type, or unknown
+    ├── ConstraintError             (ValueError) a grammar or JSON schema the backend cannot
+    │                                compile or express
     ├── MissingDependencyError      (ImportError) an optional extra is not installed
     └── GenerationError             (RuntimeError) the backend failed while generating
+                                     (a native error, CUDA out of memory, ...)
 
-Each message says what went wrong *and* how to fix it.
+Backend exceptions are mapped to this tree where the backend is called (as httpx maps
+transport errors), with the original exception chained as ``__cause__``. Each message
+says what went wrong *and* how to fix it.
 """
 
 from __future__ import annotations
@@ -27,14 +37,18 @@ from langchain_core import exceptions as _lc_exceptions
 
 __all__ = [
     "ChatTemplateError",
+    "ConstraintError",
     "ContextWindowExceededError",
     "GenerationError",
     "InvalidModelFileError",
+    "InvalidParameterError",
     "LegacyGGMLFormatError",
     "LocalLLMError",
     "MissingDependencyError",
     "ModelFormatError",
+    "ModelLoadError",
     "ModelNotFoundError",
+    "UnsupportedContentError",
 ]
 
 
@@ -80,6 +94,15 @@ class InvalidModelFileError(ModelFormatError):
     """The file is not a GGUF model, or is truncated or corrupt."""
 
 
+class ModelLoadError(LocalLLMError, RuntimeError):
+    """The backend could not load a model that passed the package's own checks.
+
+    For example an architecture the installed llama.cpp or transformers does not know,
+    weights that do not fit in memory, or a checkpoint that needs ``trust_remote_code``.
+    The message names the model and the backend's own reason.
+    """
+
+
 class ContextWindowExceededError(LocalLLMError, *_lc_base("ContextOverflowError", ValueError)):  # type: ignore[misc]
     """The prompt needs more tokens than the model's context window holds.
 
@@ -97,6 +120,21 @@ class ContextWindowExceededError(LocalLLMError, *_lc_base("ContextOverflowError"
 
 class ChatTemplateError(LocalLLMError, ValueError):
     """The model has no chat template, or the template failed to render."""
+
+
+class UnsupportedContentError(LocalLLMError, ValueError):
+    """A message holds content a text-only local model cannot take (images, audio, files)."""
+
+
+class InvalidParameterError(LocalLLMError, ValueError, TypeError):
+    """A call option is unknown, of the wrong type, or outside its field's bounds.
+
+    Derives from both ``ValueError`` and ``TypeError`` so either ``except`` keeps working.
+    """
+
+
+class ConstraintError(LocalLLMError, ValueError):
+    """A grammar or JSON schema that the backend cannot compile, or would only partly enforce."""
 
 
 class MissingDependencyError(LocalLLMError, ImportError):

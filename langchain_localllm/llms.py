@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LangSmithParams
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, PrivateAttr, field_validator
+from pydantic import ConfigDict, field_validator
 
-from langchain_localllm._bridge import aiterate_in_thread
-from langchain_localllm._llamacpp import LlamaModel, Piece, generate_pieces, tokenize_prompt
-from langchain_localllm._llamacpp_base import LlamaCppLoadMixin
-from langchain_localllm._llamacpp_sampling import LlamaCppSamplingMixin
-from langchain_localllm._stop import merge_stops
-from langchain_localllm._template import render_chat_template
+from langchain_localllm._backends.llamacpp.model import LlamaCppModel
+from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, TextPrompt
+from langchain_localllm._core.output import ChunkAggregate, llm_chunk
+from langchain_localllm._core.stop import merge_stops
 
 __all__ = ["LocalGGMLLLM"]
 
 logger = logging.getLogger("langchain_localllm")
 
 
-class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
+class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin: synthesized model_construct
     """A LangChain LLM over a local GGUF model run by llama.cpp (llama-cpp-python).
 
     The weights load on first use (or with ``load_on_init=True``) into a
@@ -49,7 +45,8 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
                 print(chunk, end="", flush=True)
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    _ls_model_type: ClassVar[str] = "llm"
 
     prompt_format: str = "auto"
     """How the prompt becomes model input. ``"auto"``: rendered as one user message with
@@ -59,8 +56,6 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
     system_prompt: str | None = None
     """System message placed before the prompt in ``"auto"`` format. Default: None
     (the template's own default, if it has one)."""
-
-    _warned_no_template: bool = PrivateAttr(default=False)
 
     @field_validator("prompt_format")
     @classmethod
@@ -97,58 +92,20 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
             "json_schema": self.json_schema,
         }
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return self._ls_params("llm", str(kwargs.get("model") or self._model_name()), stop, kwargs)
+    # -- generation ---------------------------------------------------------------
 
-    # -- prompt -------------------------------------------------------------------
-
-    def _format_prompt(self, model: LlamaModel, prompt: str) -> str:
+    def _prompt(self, prompt: str) -> Prompt:
         if self.prompt_format == "raw":
-            return prompt
+            return TextPrompt(prompt)
         if self.prompt_format != "auto":
-            return self.prompt_format.replace("{prompt}", prompt)
-        template = model.info.chat_template
-        if not template:
-            if not self._warned_no_template:
-                self._warned_no_template = True
-                logger.info(
-                    "%s has no chat template (tokenizer.chat_template); prompt_format='auto' "
-                    "sends prompts raw. Set prompt_format to silence this.",
-                    model.info.path,
-                )
-            return prompt
+            return TextPrompt(self.prompt_format.replace("{prompt}", prompt))
         messages = [{"role": "user", "content": prompt}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return render_chat_template(
-            template, messages, add_generation_prompt=True, bos_token=model.bos_text, eos_token=model.eos_text
-        )
+        return ChatPrompt(messages, raw_fallback=prompt)
 
-    def get_num_tokens(self, text: str) -> int:
-        """Count the tokens of ``text`` with the model's own tokenizer (loads the model)."""
-        with self._use_model() as entry:
-            return len(entry.model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    # -- generation ---------------------------------------------------------------
-
-    def _pieces(
-        self, prompt: str, stop: list[str] | None, cancel: threading.Event | None, kwargs: dict[str, Any]
-    ) -> Iterator[Piece]:
-        sampling = self._sampling(kwargs)
-        stops = merge_stops(self.stop, stop)
-        with self._use_model() as entry:
-            model = entry.model
-            tokens = tokenize_prompt(model, self._format_prompt(model, prompt))
-            yield from generate_pieces(model, tokens, sampling, stops, cancel)
-
-    @staticmethod
-    def _chunk(piece: Piece) -> GenerationChunk:
-        info: dict[str, Any] | None = None
-        if piece.info is not None or piece.logprobs is not None:
-            info = dict(piece.info or {})
-            if piece.logprobs is not None:
-                info["logprobs"] = piece.logprobs
-        return GenerationChunk(text=piece.text, generation_info=info)
+    def _request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerateRequest[Any]:
+        return GenerateRequest(self._prompt(prompt), self._sampling(kwargs), merge_stops(self.stop, stop))
 
     def _stream(
         self,
@@ -157,8 +114,9 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        for piece in self._pieces(prompt, stop, None, kwargs):
-            chunk = self._chunk(piece)
+        request = self._request(prompt, stop, kwargs)
+        for piece in self._backend().stream(request):
+            chunk = llm_chunk(piece)
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -170,15 +128,18 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        pieces = aiterate_in_thread(lambda cancel: self._pieces(prompt, stop, cancel, kwargs))
+        request = self._request(prompt, stop, kwargs)
+        pieces = self._backend().astream(request)
         try:
             async for piece in pieces:
-                chunk = self._chunk(piece)
+                chunk = llm_chunk(piece)
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         finally:
-            await pieces.aclose()
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _generate(
         self,
@@ -189,7 +150,7 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
     ) -> LLMResult:
         generations = []
         for prompt in prompts:
-            acc = _Aggregate()
+            acc = ChunkAggregate()
             for chunk in self._stream(prompt, stop, run_manager, **kwargs):
                 acc.add(chunk)
             generations.append([acc.generation()])
@@ -204,7 +165,7 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
     ) -> LLMResult:
         generations = []
         for prompt in prompts:
-            acc = _Aggregate()
+            acc = ChunkAggregate()
             async for chunk in self._astream(prompt, stop, run_manager, **kwargs):
                 acc.add(chunk)
             generations.append([acc.generation()])
@@ -235,30 +196,5 @@ class LocalGGMLLLM(LlamaCppSamplingMixin, LlamaCppLoadMixin, LLM):
             info = generation.generation_info or {}
             for key in usage:
                 usage[key] += int(info.get(key, 0))
-        return LLMResult(generations=generations, llm_output={"token_usage": usage, "model_name": self._model_name()})
-
-
-class _Aggregate:
-    """Joins streamed chunks into one generation (linear, unlike repeated ``+``)."""
-
-    __slots__ = ("info", "logprobs", "texts")
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.info: dict[str, Any] = {}
-        self.logprobs: list[Any] = []
-
-    def add(self, chunk: GenerationChunk) -> None:
-        self.texts.append(chunk.text)
-        if chunk.generation_info:
-            for key, value in chunk.generation_info.items():
-                if key == "logprobs":
-                    self.logprobs.extend(value)
-                else:
-                    self.info[key] = value
-
-    def generation(self) -> Generation:
-        info = dict(self.info)
-        if self.logprobs:
-            info["logprobs"] = self.logprobs
-        return Generation(text="".join(self.texts), generation_info=info or None)
+        model_name = self._backend().model_name()
+        return LLMResult(generations=generations, llm_output={"token_usage": usage, "model_name": model_name})

@@ -21,7 +21,6 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_localllm import ContextWindowExceededError, clear_model_cache, model_cache_info
-from langchain_localllm._cache import model_cache
 from langchain_localllm.chat_models import HFLocalChatModel
 
 from .conftest import CHATS, MODELS, ChatExample, chat_answer
@@ -77,7 +76,7 @@ class GenerateSpy:
     """Wraps one model's ``generate``: counts calls and records the batch shape and output length."""
 
     def __init__(self, chat: HFLocalChatModel, monkeypatch: pytest.MonkeyPatch, fail: BaseException | None = None):
-        with chat._use_bundle() as bundle:
+        with chat._backend().hold() as bundle:
             self.model = bundle.model
         self.calls: list[dict[str, Any]] = []
         real = self.model.generate
@@ -123,10 +122,10 @@ def test_only_generated_text_is_returned(chat: HFLocalChatModel) -> None:
 
 
 def test_prompt_ids_are_the_templates_tokens_with_no_extra_special_tokens(chat: HFLocalChatModel) -> None:
-    from langchain_localllm._hf import render_prompt
-    from langchain_localllm._messages import to_chat_dicts
+    from langchain_localllm._backends.transformers.prompt import render_prompt
+    from langchain_localllm._core.messages import to_chat_dicts
 
-    with chat._use_bundle() as bundle:
+    with chat._backend().hold() as bundle:
         tok = bundle.tokenizer
         ids = render_prompt(bundle, to_chat_dicts([HumanMessage("hi")]))
         text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
@@ -140,7 +139,7 @@ def test_prompt_ids_are_the_templates_tokens_with_no_extra_special_tokens(chat: 
 
 
 def test_chat_template_override(hf_path: Path) -> None:
-    with HFLocalChatModel(model=str(hf_path))._use_bundle() as bundle:
+    with HFLocalChatModel(model=str(hf_path))._backend().hold() as bundle:
         template = bundle.tokenizer.chat_template.replace("You are a helpful assistant.", "You are a pirate.")
     pirate = HFLocalChatModel(model=str(hf_path), device="cpu", chat_template=template)
     expected = next(ex.answer for ex in CHATS if ex.system == "You are a pirate.")
@@ -179,7 +178,7 @@ def test_exactly_one_stream_chunk_has_usage_and_it_is_the_last(chat: HFLocalChat
 
 def test_usage_and_response_metadata_on_invoke(chat: HFLocalChatModel) -> None:
     out = chat.invoke(ROSE_Q)
-    with chat._use_bundle() as bundle:
+    with chat._backend().hold() as bundle:
         n_answer = len(bundle.tokenizer.encode(chat_answer(ROSE_Q), add_special_tokens=False))
     n_prompt = chat.get_num_tokens_from_messages([HumanMessage(ROSE_Q)])
     assert out.usage_metadata == {
@@ -348,8 +347,8 @@ def test_batch_runs_padded_groups_and_equals_sequential(hf_path: Path, monkeypat
 def test_mixed_length_batch_prefills_sorted_groups_into_one_cache(
     chat: HFLocalChatModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from langchain_localllm import _hf
-    from langchain_localllm._hf_prefill import cache_argument, plan_groups
+    from langchain_localllm._backends.transformers import generate as _hf
+    from langchain_localllm._backends.transformers.prefill import cache_argument, plan_groups
 
     plain = [ex for ex in CHATS if all(m["role"] in {"system", "user", "assistant"} for m in ex.messages)]
     by_length = sorted(plain, key=lambda ex: chat.get_num_tokens_from_messages(messages_of(ex)))
@@ -375,7 +374,7 @@ def test_mixed_length_batch_prefills_sorted_groups_into_one_cache(
 def test_mixed_length_batch_without_a_mergeable_cache_is_padded_and_right(
     hf_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
 ) -> None:
-    from langchain_localllm._hf_prefill import cache_argument
+    from langchain_localllm._backends.transformers.prefill import cache_argument
 
     kwargs: dict[str, Any] = {"generate_kwargs": {"use_cache": False}} if setting == "use_cache off" else {}
     chat = HFLocalChatModel(model=str(hf_path), device="cpu", **kwargs)
@@ -500,7 +499,7 @@ async def test_an_exception_in_generate_reaches_the_caller(
 
 
 def test_context_overflow(chat: HFLocalChatModel) -> None:
-    with chat._use_bundle() as bundle:
+    with chat._backend().hold() as bundle:
         window = bundle.context_window
     assert window == 2048
     with pytest.raises(ContextWindowExceededError) as err:
@@ -530,7 +529,7 @@ def test_answer_is_capped_by_the_context_window(chat: HFLocalChatModel) -> None:
 def test_seq2seq_mechanics(t5: HFLocalChatModel) -> None:
     out = t5.invoke("Hello")
     text = str(out.content)
-    with t5._use_bundle() as bundle:
+    with t5._backend().hold() as bundle:
         assert bundle.is_seq2seq
         prompt_ids = bundle.tokenizer("Hello")["input_ids"]  # plain-text fallback: no chat template
     assert out.usage_metadata is not None
@@ -558,8 +557,8 @@ async def test_seq2seq_async(t5: HFLocalChatModel) -> None:
 
 
 def test_tool_message_histories_render_and_run(chat: HFLocalChatModel) -> None:
-    from langchain_localllm._hf import render_prompt
-    from langchain_localllm._messages import to_chat_dicts
+    from langchain_localllm._backends.transformers.prompt import render_prompt
+    from langchain_localllm._core.messages import to_chat_dicts
 
     history: list[BaseMessage] = [
         HumanMessage("How much is a rose?"),
@@ -568,7 +567,7 @@ def test_tool_message_histories_render_and_run(chat: HFLocalChatModel) -> None:
         ),
         ToolMessage('{"price": 12}', tool_call_id="c1", name="get_flower_price"),
     ]
-    with chat._use_bundle() as bundle:
+    with chat._backend().hold() as bundle:
         text = bundle.tokenizer.decode(render_prompt(bundle, to_chat_dicts(history)))
     assert '<tool_call>\n{"name": "get_flower_price", "arguments": {"flower": "rose"}}\n</tool_call>' in text
     assert '<tool_response>\n{"price": 12}\n</tool_response>' in text
@@ -667,8 +666,8 @@ def test_from_model_and_tokenizer_and_from_pipeline(hf_path: Path) -> None:
     assert model_cache_info().loads == before + 1  # the pipeline holds the same objects: shared
     assert a.unload() is True
     assert a.invoke("Hello").content == chat_answer("Hello")  # re-registered from the same objects
-    with model_cache.use(a._objects_key, a._object_loader()) as entry:
-        assert entry.model.model is lm
+    with a._backend().hold() as bundle:
+        assert bundle.model is lm
     with pytest.raises(ValueError, match="text-generation"):
         HFLocalChatModel.from_pipeline(type("P", (), {"task": "image-classification", "tokenizer": tok, "model": lm})())
 

@@ -32,7 +32,7 @@ def chat(hf_path: Path) -> HFLocalChatModel:
 
 
 def test_loads_on_cuda_in_bfloat16(chat: HFLocalChatModel) -> None:
-    with chat._use_bundle() as bundle:
+    with chat._backend().hold() as bundle:
         assert bundle.device.type == "cuda"
         assert bundle.model.dtype == torch.bfloat16
 
@@ -76,10 +76,10 @@ def test_seq2seq_on_gpu() -> None:
 
 
 def test_decoding_is_compiled_with_cuda_graphs_on_the_worker_thread(chat: HFLocalChatModel) -> None:
-    from langchain_localllm._device import THREAD_NAME
+    from langchain_localllm._backends.transformers.device import THREAD_NAME
 
     seen: list[str] = []
-    with chat._use_bundle() as bundle:
+    with chat._backend().hold() as bundle:
         model = bundle.model
         original = model.generate
 

@@ -8,6 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from langchain_localllm import ContextWindowExceededError, model_cache_info
+from langchain_localllm._core.backend import ChatPrompt
 from langchain_localllm.chat_models import LocalGGMLChatModel
 
 from .conftest import CHATS, TINY_GGUF, chat_answer
@@ -71,10 +72,11 @@ def test_chat_template_override_is_used(chat: LocalGGMLChatModel) -> None:
         "{{ '<|im_start|>assistant\\n' }}"
     )
     custom = LocalGGMLChatModel(model_path=str(TINY_GGUF), temperature=0, chat_template=override)
-    with custom._use_model() as entry:
-        ours = custom._render(entry.model, [{"role": "user", "content": "hi"}], None)
-        default = chat._render(entry.model, [{"role": "user", "content": "hi"}], None)
-        assert entry.model.llama.detokenize(ours, special=True).decode() == (
+    with custom._backend().hold() as model:
+        hi = [{"role": "user", "content": "hi"}]
+        ours = custom._backend()._render(model, ChatPrompt(hi, chat_template=custom.chat_template))
+        default = chat._backend()._render(model, ChatPrompt(hi))
+        assert model.llama.detokenize(ours, special=True).decode() == (
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         )
     assert ours != default

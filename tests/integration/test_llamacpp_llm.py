@@ -23,7 +23,7 @@ from langchain_localllm import (
     clear_model_cache,
     model_cache_info,
 )
-from langchain_localllm._llamacpp import tokenize_prompt
+from langchain_localllm._backends.llamacpp.load import tokenize_prompt
 
 from .conftest import BAD, CHATS, COMPLETIONS, chat_answer
 
@@ -91,9 +91,9 @@ def test_only_generated_text_is_returned(llm: LocalGGMLLLM) -> None:
 
 
 def test_rendered_prompt_uses_the_gguf_template_and_has_no_double_bos(llm: LocalGGMLLLM) -> None:
-    with llm._use_model() as entry:
-        model = entry.model
-        text = llm._format_prompt(model, "hi")
+    with llm._backend().hold() as model:
+        tokens = llm._backend()._render(model, llm._prompt("hi"))
+        text = model.llama.detokenize(tokens, special=True).decode()
         assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
         assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
         tokens = tokenize_prompt(model, text)
@@ -145,8 +145,7 @@ def test_stop_strings_never_appear_invoke_or_stream(llm: LocalGGMLLLM, question:
 
 def test_the_mid_token_stop_really_starts_inside_a_token(llm: LocalGGMLLLM) -> None:
     answer = chat_answer(POEM_Q)
-    with llm._use_model() as entry:
-        model = entry.model
+    with llm._backend().hold() as model:
         ids = model.llama.tokenize(answer.encode(), add_bos=False, special=False)
     boundaries = {0}
     pos = 0
@@ -172,9 +171,9 @@ def test_finish_reason_and_token_usage(llm: LocalGGMLLLM) -> None:
     result = llm.generate([ROSE_Q, POEM_Q], stop=None)
     infos = [g[0].generation_info or {} for g in result.generations]
     assert [i["finish_reason"] for i in infos] == ["stop", "stop"]
-    with llm._use_model() as entry:
-        n_prompt = len(tokenize_prompt(entry.model, llm._format_prompt(entry.model, ROSE_Q)))
-        n_answer = len(entry.model.llama.tokenize(chat_answer(ROSE_Q).encode(), add_bos=False, special=False))
+    with llm._backend().hold() as model:
+        n_prompt = len(llm._backend()._render(model, llm._prompt(ROSE_Q)))
+        n_answer = len(model.llama.tokenize(chat_answer(ROSE_Q).encode(), add_bos=False, special=False))
     assert infos[0]["prompt_tokens"] == n_prompt
     assert infos[0]["completion_tokens"] == n_answer
     usage = (result.llm_output or {})["token_usage"]
@@ -297,8 +296,8 @@ async def test_early_break_and_cancel_stop_generation_and_free_the_model(gguf_pa
             break
     await gen.aclose()
     assert await no_bridge_threads_soon()
-    with llm._use_model() as entry:  # how far generation got: the grammar never ends it
-        assert entry.model.llama.n_tokens < 500, "generation ran on after the consumer left"
+    with llm._backend().hold() as model:  # how far generation got: the grammar never ends it
+        assert model.llama.n_tokens < 500, "generation ran on after the consumer left"
 
     streamed: list[str] = []
     started = asyncio.Event()
@@ -316,8 +315,8 @@ async def test_early_break_and_cancel_stop_generation_and_free_the_model(gguf_pa
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await no_bridge_threads_soon()
-    with llm._use_model() as entry:
-        assert entry.model.llama.n_tokens < 500, "generation ran on after the task was cancelled"
+    with llm._backend().hold() as model:
+        assert model.llama.n_tokens < 500, "generation ran on after the task was cancelled"
     assert 0 < len(streamed) < 1000  # it was streaming, and stopped long before the context filled
     # the model is free and its state is sound: the next call gives the exact answer
     greedy = LocalGGMLLLM(model_path=str(gguf_path), temperature=0)
@@ -429,9 +428,9 @@ def test_load_on_init(gguf_path: Path) -> None:
 
 
 def test_n_ctx_defaults_to_the_trained_context(llm: LocalGGMLLLM) -> None:
-    with llm._use_model() as entry:
-        assert entry.model.info.context_length is not None
-        assert entry.model.n_ctx == min(entry.model.info.context_length, 4096)
+    with llm._backend().hold() as model:
+        assert model.info.context_length is not None
+        assert model.n_ctx == min(model.info.context_length, 4096)
 
 
 def test_native_log_goes_to_logging_not_stderr(

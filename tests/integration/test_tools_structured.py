@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
-from langchain_localllm import HFLocalChatModel, LocalGGMLChatModel
+from langchain_localllm import ConstraintError, HFLocalChatModel, LocalGGMLChatModel
 
 from .conftest import CHATS, TINY_GGUF, TINY_HF, chat_answer
 
@@ -235,7 +235,7 @@ def test_json_mode_and_include_raw(chat: BaseChatModel) -> None:
 
 def test_a_schema_the_engine_cannot_express_is_a_clear_error(chat: BaseChatModel) -> None:
     bad = {"title": "remote", "type": "object", "properties": {"x": {"$ref": "https://example.com/r.json"}}}
-    with pytest.raises(ValueError, match="cannot express"):
+    with pytest.raises(ConstraintError, match="cannot express"):
         chat.with_structured_output(bad).invoke("hi")
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from langchain_localllm._bridge import aiterate_in_thread, iterate_in_thread
+from langchain_localllm._core.bridge import aiterate_in_thread, iterate_in_thread, pull
 
 
 def bridge_threads() -> list[threading.Thread]:
@@ -76,7 +76,7 @@ def slow_iter(n: int, seen: list[int], delay: float = 0.002) -> Callable[[thread
 
 async def test_aiterate_yields_everything() -> None:
     seen: list[int] = []
-    got = [i async for i in aiterate_in_thread(slow_iter(20, seen, 0))]
+    got = [i async for i in aiterate_in_thread(pull(slow_iter(20, seen, 0)))]
     assert got == list(range(20))
     assert bridge_threads() == []
 
@@ -97,7 +97,7 @@ async def test_aiterate_does_not_block_the_event_loop() -> None:
         time.sleep(0.2)  # a blocking native call, e.g. prompt prefill
         yield 1
 
-    assert [i async for i in aiterate_in_thread(blocking)] == [1]
+    assert [i async for i in aiterate_in_thread(pull(blocking))] == [1]
     task.cancel()
     assert ticks > 20, "the event loop was blocked while the worker ran"
     del seen
@@ -110,7 +110,7 @@ async def test_aiterate_reraises_worker_errors() -> None:
 
     got = []
     with pytest.raises(ValueError, match="bad prompt"):
-        async for i in aiterate_in_thread(failing):
+        async for i in aiterate_in_thread(pull(failing)):
             got.append(i)
     assert got == [1]
     assert bridge_threads() == []
@@ -118,7 +118,7 @@ async def test_aiterate_reraises_worker_errors() -> None:
 
 async def test_aiterate_early_break_stops_the_worker() -> None:
     seen: list[int] = []
-    gen = aiterate_in_thread(slow_iter(10_000, seen))
+    gen = aiterate_in_thread(pull(slow_iter(10_000, seen)))
     async for i in gen:
         if i == 2:
             break
@@ -131,7 +131,7 @@ async def test_aiterate_task_cancellation_stops_the_worker() -> None:
     seen: list[int] = []
 
     async def consume() -> None:
-        async for _ in aiterate_in_thread(slow_iter(10_000, seen)):
+        async for _ in aiterate_in_thread(pull(slow_iter(10_000, seen))):
             pass
 
     task = asyncio.create_task(consume())

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from langchain_localllm._cache import ModelCache
+from langchain_localllm._core.cache import ModelCache
 
 
 class FakeModel:

@@ -18,20 +18,14 @@ import pytest
 from pydantic import ValidationError
 
 from langchain_localllm import ChatTemplateError, ContextWindowExceededError, MissingDependencyError, ModelNotFoundError
-from langchain_localllm._cache import model_cache
-from langchain_localllm._hf import (
-    BatchPlan,
-    FinishEvent,
-    HFBundle,
-    IncrementalDetokenizer,
-    LoadSpec,
-    Sampling,
-    TextEvent,
-    _Observer,
-    _Row,
-    render_prompt,
-    row_budget,
-)
+from langchain_localllm._backends.transformers.batch import BatchPlan
+from langchain_localllm._backends.transformers.detokenize import IncrementalDetokenizer
+from langchain_localllm._backends.transformers.generate import _Observer, _Row, generation_config
+from langchain_localllm._backends.transformers.load import HFBundle
+from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget
+from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
+from langchain_localllm._core.cache import model_cache
+from langchain_localllm._core.output import FinishInfo, Piece
 from langchain_localllm.chat_models import HFLocalChatModel
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
@@ -164,18 +158,21 @@ def test_identifying_params_name_the_model_and_sampling() -> None:
 def test_call_options_are_validated() -> None:
     chat = HFLocalChatModel(model="m")
     with pytest.raises(TypeError, match="unknown call options"):
-        chat._call_settings({"n_ctx": 5})
+        chat._sampling({"n_ctx": 5})
     with pytest.raises(ValueError, match="temperature"):
-        chat._call_settings({"temperature": -1})
+        chat._sampling({"temperature": -1})
     with pytest.raises(ValueError, match="top_p"):
-        chat._call_settings({"top_p": 2})
+        chat._sampling({"top_p": 2})
     with pytest.raises(ValueError, match="max_tokens"):
-        chat._call_settings({"max_tokens": 0})
+        chat._sampling({"max_tokens": 0})
     with pytest.raises(ValueError, match="max_new_tokens"):
-        chat._call_settings({"generate_kwargs": {"max_new_tokens": 3}})
-    sampling, override = chat._call_settings({"temperature": 0.7, "max_tokens": 9, "model": "other"})
-    assert (sampling.temperature, sampling.max_tokens, override) == (0.7, 9, "other")
-    assert chat._call_settings({"model": "m"})[1] is None
+        chat._sampling({"generate_kwargs": {"max_new_tokens": 3}})
+    with pytest.raises(ValueError, match="temperature"):
+        chat._sampling({"temperature": float("nan")})
+    sampling = chat._sampling({"temperature": 0.7, "max_tokens": 9, "model": "other"})
+    assert (sampling.temperature, sampling.max_tokens) == (0.7, 9)
+    assert chat._backend_for({"model": "other"}).model_name() == "other"
+    assert chat._backend_for({"model": "m"}) is chat._backend()
 
 
 def test_generation_config_greedy_and_sampling() -> None:
@@ -193,13 +190,13 @@ def test_generation_config_greedy_and_sampling() -> None:
         pad_id=3,
         context_window=None,
     )
-    greedy = Sampling().generation_config(bundle, 12)
+    greedy = generation_config(Sampling(), bundle, 12)
     assert greedy.do_sample is False
     assert (greedy.temperature, greedy.top_p, greedy.top_k) == (None, None, None)
     assert greedy.max_new_tokens == 12
     assert greedy.eos_token_id == [3, 7]
     assert greedy.pad_token_id == 3
-    sampled = Sampling(temperature=0.8, top_k=5, repetition_penalty=1.1).generation_config(bundle, 4)
+    sampled = generation_config(Sampling(temperature=0.8, top_k=5, repetition_penalty=1.1), bundle, 4)
     assert (sampled.do_sample, sampled.temperature, sampled.top_k, sampled.top_p) == (True, 0.8, 5, 0.9)
     assert sampled.repetition_penalty == 1.1
     assert Model.generation_config.temperature == 0.6  # the model's own config is untouched
@@ -286,7 +283,7 @@ def test_cache_key_covers_load_settings_only() -> None:
         assert changed.cache_key() != base.cache_key()
     a = HFLocalChatModel(model=str(TINY_HF), device="cpu", temperature=0.3)
     b = HFLocalChatModel(model=str(TINY_HF), device="cpu", max_tokens=3, stop=["x"])
-    assert a._key_and_loader(None)[0] == b._key_and_loader(None)[0]
+    assert a._backend().cache_key() == b._backend().cache_key()
 
 
 def test_from_model_and_tokenizer_rejects_other_objects() -> None:
@@ -412,7 +409,13 @@ def drive(
     budgets = budgets or [100] * n
     rows = [_Row(i, 3, budgets[i], tokenizer, stops) for i in range(n)]
     events: list[Any] = []
-    observer = _Observer(rows, frozenset({IM_END, ENDOFTEXT}), 3, events.append, [cancel] if cancel else [])
+    observer = _Observer(
+        rows,
+        frozenset({IM_END, ENDOFTEXT}),
+        3,
+        lambda row, piece: events.append((row, piece)),
+        [cancel] if cancel else [],
+    )
     seqs = [[5, 6, 7] for _ in range(n)]
     verdicts = []
     for step in range(max(len(a) for a in answers)):
@@ -427,11 +430,11 @@ def drive(
 
 
 def texts(events: list[Any], row: int = 0) -> str:
-    return "".join(e.text for e in events if e.row == row)
+    return "".join(piece.text for r, piece in events if r == row)
 
 
-def finish(events: list[Any], row: int = 0) -> FinishEvent:
-    (done,) = [e for e in events if isinstance(e, FinishEvent) and e.row == row]
+def finish(events: list[Any], row: int = 0) -> FinishInfo:
+    (done,) = [piece.finish for r, piece in events if r == row and piece.finish is not None]
     return done
 
 
@@ -465,7 +468,7 @@ def test_stop_strings_are_cut_inside_generation(tokenizer: Any, answer: str, sto
     assert finish(events).finish_reason == "stop"
     assert verdicts[-1] == [True]
     assert len(verdicts) <= len(ids)  # told to stop at the stop string, before the EOS step
-    assert all(stop not in e.text for e in events)
+    assert all(stop not in piece.text for _, piece in events)
 
 
 def test_budget_ends_a_row_with_length(tokenizer: Any) -> None:
@@ -492,8 +495,7 @@ def test_cancel_stops_every_row(tokenizer: Any) -> None:
     ids = tokenizer.encode("To keep cut flowers fresh", add_special_tokens=False)
     events, verdicts = drive(tokenizer, [[*ids, IM_END]], [], cancel=cancel)
     assert verdicts == [[True]]
-    assert not any(isinstance(e, FinishEvent) for e in events[:-1])
-    assert all(isinstance(e, TextEvent | FinishEvent) for e in events)
+    assert all(piece.finish is None for _, piece in events[:-1])
 
 
 # -- batch plans -----------------------------------------------------------------------
@@ -508,18 +510,18 @@ def test_batch_plan_matches_conversations_not_positions() -> None:
 
     def compute() -> list[Any]:
         computed.append(1)
-        return [[TextEvent(0, "A")], [TextEvent(1, "B")], [TextEvent(2, "A2")]]
+        return [[Piece("A")], [Piece("B")], [Piece("A2")]]
 
     assert plan.claim(object(), a, None, {}) is None  # another model instance
     assert plan.claim(owner, a, ["x"], {}) is None  # other stop strings
     assert plan.claim(owner, a, None, {"temperature": 1}) is None  # other options
     slot_b = plan.claim(owner, b, None, {})
     assert slot_b == 1
-    assert plan.events(slot_b, compute)[0].text == "B"
+    assert plan.pieces(slot_b, compute)[0].text == "B"
     assert plan.claim(owner, a, None, {}) == 0
     assert plan.claim(owner, a, None, {}) == 2
     assert plan.claim(owner, a, None, {}) is None  # all used: runs on its own
-    assert plan.events(2, compute)[0].text == "A2"
+    assert plan.pieces(2, compute)[0].text == "A2"
     assert computed == [1]  # one generate for the whole group
 
 
@@ -527,14 +529,14 @@ def test_batch_plan_reports_per_input_errors() -> None:
     owner = object()
     bad = ValueError("bad input")
     plan = BatchPlan(owner, [[{"role": "user", "content": "a"}], bad], None, {})
-    results: list[Any] = [[TextEvent(0, "ok")], bad]
-    assert plan.events(0, lambda: results)[0].text == "ok"
+    results: list[Any] = [[Piece("ok")], bad]
+    assert plan.pieces(0, lambda: results)[0].text == "ok"
     with pytest.raises(ValueError, match="bad input"):
-        plan.events(1, lambda: results)
+        plan.pieces(1, lambda: results)
 
 
 def test_static_cache_lengths_are_bucketed_to_powers_of_two() -> None:
-    from langchain_localllm._hf import _bucket
+    from langchain_localllm._backends.transformers.generate import _bucket
 
     assert _bucket(10, 2048) == 256
     assert _bucket(257, 2048) == 512

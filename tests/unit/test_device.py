@@ -16,10 +16,24 @@ from typing import Any
 
 import pytest
 
-from langchain_localllm import _device, _hf
-from langchain_localllm._bridge import iterate_in_thread
-from langchain_localllm._device import call_on_device_thread, cuda_graphs_usable, device_executor, on_device_thread
-from langchain_localllm._hf import FinishEvent, HFBundle, Sampling, TextEvent
+from langchain_localllm._backends.transformers import backend as hf_backend
+from langchain_localllm._backends.transformers import batch as hf_batch
+from langchain_localllm._backends.transformers import device as _device
+from langchain_localllm._backends.transformers import generate as hf_generate
+from langchain_localllm._backends.transformers.backend import BATCH_SLOT, TransformersBackend
+from langchain_localllm._backends.transformers.batch import BatchPlan
+from langchain_localllm._backends.transformers.device import (
+    call_on_device_thread,
+    cuda_graphs_usable,
+    device_executor,
+    on_device_thread,
+)
+from langchain_localllm._backends.transformers.generate import generation_config
+from langchain_localllm._backends.transformers.load import HFBundle
+from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
+from langchain_localllm._core.backend import ChatPrompt, GenerateRequest
+from langchain_localllm._core.bridge import iterate_in_thread
+from langchain_localllm._core.output import FinishInfo, Piece
 
 
 def thread_name(cancel: threading.Event) -> str:
@@ -139,34 +153,45 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def fake_generate_rows(bundle: HFBundle, prompts: Any, budgets: Any, **kwargs: Any) -> None:
         threads.append(threading.current_thread().name)
         for row in kwargs.get("rows") or range(len(prompts)):
-            kwargs["emit"](TextEvent(row, "hi"))
-            kwargs["emit"](FinishEvent(row, "", 1, 1, "stop"))
+            kwargs["emit"](row, Piece("hi"))
+            kwargs["emit"](row, Piece("", finish=FinishInfo("stop", 1, 1)))
 
-    monkeypatch.setattr(_hf, "generate_rows", fake_generate_rows)
-    monkeypatch.setattr(_hf, "render_prompt", lambda bundle, conversation, template: [1, 2])
+    for module in (hf_backend, hf_batch):
+        monkeypatch.setattr(module, "generate_rows", fake_generate_rows)
+        monkeypatch.setattr(module, "render_prompt", lambda bundle, conversation, template, tools=None: [1, 2])
     return threads
 
 
 @pytest.mark.parametrize(("device_type", "on_worker"), [("cuda", True), ("cpu", False)])
-def test_cuda_generation_is_routed_to_the_worker(recorded: list[str], device_type: str, on_worker: bool) -> None:
+def test_cuda_generation_is_routed_to_the_worker(
+    recorded: list[str], device_type: str, on_worker: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bundle = fake_bundle(device_type)
-    events = list(_hf.stream_events(bundle, [1, 2], 4, sampling=Sampling(), stops=[]))
-    assert [type(e) for e in events] == [TextEvent, FinishEvent]
-    results = _hf.run_batch(bundle, [[{"role": "user", "content": "a"}]] * 2, Sampling(max_tokens=4), [], None)
-    assert all(isinstance(r, list) and len(r) == 2 for r in results)
-    assert len(recorded) == 2
-    assert [name.startswith(_device.THREAD_NAME) for name in recorded] == [on_worker, on_worker]
+    backend = TransformersBackend(LoadSpec(model="fake"), objects=(bundle.model, object()))
+    monkeypatch.setattr(backend, "_load_model", lambda: bundle)
+    try:
+        conversation = [{"role": "user", "content": "a"}]
+        request = GenerateRequest(ChatPrompt(conversation), Sampling(max_tokens=4))
+        pieces = list(backend.stream(request))
+        assert [(p.text, p.finish is not None) for p in pieces] == [("hi", False), ("", True)]
+        plan = BatchPlan(backend, [conversation] * 2, None, {})
+        batched = GenerateRequest(ChatPrompt(conversation), Sampling(max_tokens=4), extra={BATCH_SLOT: (plan, 0)})
+        assert [p.text for p in backend.stream(batched)] == ["hi", ""]
+        assert len(recorded) == 2
+        assert [name.startswith(_device.THREAD_NAME) for name in recorded] == [on_worker, on_worker]
+    finally:
+        backend.unload()
 
 
 def test_static_cache_compiles_with_cuda_graphs_only_on_the_worker() -> None:
     bundle = fake_bundle("cuda")
     sampling = Sampling()
-    here = sampling.generation_config(bundle, 8, 4)
-    there = call_on_device_thread(lambda cancel: sampling.generation_config(bundle, 8, 4))
+    here = generation_config(sampling, bundle, 8, 4)
+    there = call_on_device_thread(lambda cancel: generation_config(sampling, bundle, 8, 4))
     assert (here.cache_implementation, there.cache_implementation) == ("static", "static")
     assert here.compile_config.mode == "default"
     assert there.compile_config.mode == "reduce-overhead"
-    on_cpu = call_on_device_thread(lambda cancel: Sampling(static_cache=True).generation_config(fake_bundle("cpu"), 8))
+    on_cpu = call_on_device_thread(lambda cancel: generation_config(Sampling(static_cache=True), fake_bundle("cpu"), 8))
     assert on_cpu.compile_config.mode == "default"  # CUDA graphs exist only on CUDA
 
 
@@ -213,5 +238,7 @@ def test_a_job_cancelled_while_queued_never_prefills() -> None:
     events: list[object] = []
     bundle = fake_bundle("cpu")
     bundle.model.generate = None  # would raise if anything got that far
-    _hf.generate_rows(bundle, [[1, 2]], [4], sampling=Sampling(), stops=[], emit=events.append, cancels=[cancelled])
+    hf_generate.generate_rows(
+        bundle, [[1, 2]], [4], sampling=Sampling(), stops=[], emit=lambda *e: events.append(e), cancels=[cancelled]
+    )
     assert events == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from langchain_localllm import InvalidModelFileError, LegacyGGMLFormatError, ModelNotFoundError
-from langchain_localllm._gguf import read_gguf_info, sniff_format
+from langchain_localllm._backends.llamacpp.gguf import read_gguf_info, sniff_format
 
 
 def write_small_gguf(path: Path, *, template: str | None = "{{ messages }}") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from langchain_localllm._hf_prefill import MIN_ROWS, plan_groups
+from langchain_localllm._backends.transformers.prefill import MIN_ROWS, plan_groups
 
 
 def test_mixed_lengths_are_grouped_by_length_covering_every_row_once() -> None:

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from langchain_localllm import LocalGGMLLLM
-from langchain_localllm._gguf import GGUFInfo
-from langchain_localllm._llamacpp import LlamaModel, LoadSettings, tokenize_prompt
+from langchain_localllm._backends.llamacpp.gguf import GGUFInfo
+from langchain_localllm._backends.llamacpp.load import LlamaModel, tokenize_prompt
+from langchain_localllm._backends.llamacpp.settings import LoadSettings
+from langchain_localllm._core.backend import ChatPrompt
 
 BOS = 1
 
@@ -53,6 +55,15 @@ def fake_model(*, add_bos: bool, template: str | None = None) -> LlamaModel:
     )
 
 
+def text_of(ids: list[int]) -> str:
+    return "".join("<s>" if i == BOS else chr(i - 100) for i in ids)
+
+
+def rendered(llm: LocalGGMLLLM, model: LlamaModel, prompt: str) -> str:
+    """The model input ``llm`` builds for ``prompt``, through the backend's render verb."""
+    return text_of(llm._backend()._render(model, llm._prompt(prompt)))
+
+
 def test_bos_added_when_the_model_wants_it() -> None:
     assert tokenize_prompt(fake_model(add_bos=True), "hi") == [BOS, 100 + ord("h"), 100 + ord("i")]
 
@@ -76,43 +87,45 @@ LLAMA2_LIKE = (
     [
         ({}, "<s>[INST] 玫瑰? [/INST]"),
         ({"system_prompt": "Be brief."}, "<s><<SYS>>Be brief.<</SYS>>[INST] 玫瑰? [/INST]"),
-        ({"prompt_format": "raw"}, "玫瑰?"),
-        ({"prompt_format": "Q: {prompt} A: "}, "Q: 玫瑰? A: "),
+        ({"prompt_format": "raw"}, "<s>玫瑰?"),  # the model adds BOS: raw input gets it once
+        ({"prompt_format": "Q: {prompt} A: "}, "<s>Q: 玫瑰? A: "),
     ],
 )
 def test_prompt_formats(kwargs: dict[str, Any], expected: str) -> None:
     llm = LocalGGMLLLM(model_path="fake.gguf", **kwargs)
-    assert llm._format_prompt(fake_model(add_bos=True, template=LLAMA2_LIKE), "玫瑰?") == expected
+    assert rendered(llm, fake_model(add_bos=True, template=LLAMA2_LIKE), "玫瑰?") == expected
 
 
 def test_braces_in_the_prompt_survive_a_format_string() -> None:
     llm = LocalGGMLLLM(model_path="fake.gguf", prompt_format="Q: {prompt} A:")
-    assert llm._format_prompt(fake_model(add_bos=False), '{"a": 1}') == 'Q: {"a": 1} A:'
+    assert rendered(llm, fake_model(add_bos=False), '{"a": 1}') == 'Q: {"a": 1} A:'
 
 
 def test_auto_without_template_falls_back_to_raw_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="langchain_localllm")
     llm = LocalGGMLLLM(model_path="fake.gguf")
     model = fake_model(add_bos=False, template=None)
-    assert llm._format_prompt(model, "hi") == "hi"
-    assert llm._format_prompt(model, "hi") == "hi"
+    assert rendered(llm, model, "hi") == "hi"
+    assert rendered(llm, model, "hi") == "hi"
     assert sum("no chat template" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_load_settings_pass_only_what_was_set() -> None:
-    kwargs = LoadSettings().llama_kwargs(n_ctx=2048)
+    kwargs = LoadSettings(model_path="x.gguf").llama_kwargs(n_ctx=2048)
     assert kwargs["n_ctx"] == 2048
     assert kwargs["n_batch"] == 512
     for unset in ("rope_freq_base", "rope_freq_scale", "rope_scaling_type", "flash_attn", "n_threads", "type_k"):
         assert unset not in kwargs
-    assert LoadSettings(rope_freq_base=1e6, flash_attn=True).llama_kwargs(8)["rope_freq_base"] == 1e6
+    assert (
+        LoadSettings(model_path="x.gguf", rope_freq_base=1e6, flash_attn=True).llama_kwargs(8)["rope_freq_base"] == 1e6
+    )
 
 
 def test_sampling_options_are_not_part_of_the_cache_key() -> None:
     a = LocalGGMLLLM(model_path="x.gguf", temperature=0.1, top_k=3, seed=1)._load_settings()
     b = LocalGGMLLLM(model_path="x.gguf", temperature=0.9, max_tokens=7)._load_settings()
     assert a == b
-    assert hash(a) == hash(b)
+    assert a.load_key() == b.load_key()
     assert a != LocalGGMLLLM(model_path="x.gguf", n_ctx=128)._load_settings()
 
 
@@ -122,7 +135,9 @@ def test_chat_model_without_a_template_names_the_field() -> None:
 
     chat = LocalGGMLChatModel(model_path="fake.gguf")
     with pytest.raises(ChatTemplateError, match="chat_template="):
-        chat._render(fake_model(add_bos=False, template=None), [{"role": "user", "content": "hi"}], None)
+        chat._backend()._render(
+            fake_model(add_bos=False, template=None), ChatPrompt([{"role": "user", "content": "hi"}])
+        )
 
 
 def test_chat_model_folds_system_text_for_a_template_without_a_system_role() -> None:
@@ -134,7 +149,8 @@ def test_chat_model_folds_system_text_for_a_template_without_a_system_role() -> 
     )
     chat = LocalGGMLChatModel(model_path="fake.gguf")
     model = fake_model(add_bos=False, template=strict)
-    ids = chat._render(model, [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], None)
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}]
+    ids = chat._backend()._render(model, ChatPrompt(messages))
     assert "".join(chr(i - 100) for i in ids) == "[user]Be kind.\n\nhi"
 
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from langchain_localllm import LocalGGMLLLM, ModelNotFoundError
-from langchain_localllm._cache import model_cache
+from langchain_localllm._core.cache import model_cache
 
 
 def test_constructor_loads_nothing(tmp_path: Path) -> None:
@@ -120,12 +120,12 @@ def test_hub_file_resolves_from_local_cache_without_network(tmp_path: Path) -> N
     snap.mkdir(parents=True)
     (snap / "tiny.gguf").write_bytes(b"GGUF")
     llm = LocalGGMLLLM(repo_id="org/tiny-GGUF", filename="tiny.gguf", cache_dir=str(tmp_path), local_files_only=True)
-    assert llm._model_file() == snap / "tiny.gguf"
+    assert llm._backend().model_file() == snap / "tiny.gguf"
 
 
 def test_llama_cpp_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from langchain_localllm import MissingDependencyError
-    from langchain_localllm._llamacpp import llama_cpp_module
+    from langchain_localllm._backends.llamacpp.load import llama_cpp_module
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(MissingDependencyError, match=r"langchain-localllm\[llamacpp\]"):

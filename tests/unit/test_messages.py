@@ -1,4 +1,4 @@
-"""LangChain messages → chat-template dicts (``langchain_localllm._messages``)."""
+"""LangChain messages → chat-template dicts (``langchain_localllm._core.messages``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from langchain_localllm._messages import (
+from langchain_localllm._core.messages import (
     UnsupportedContentError,
     content_text,
     fold_system,

@@ -14,17 +14,21 @@ from langchain_localllm import errors
 EXPECTED_ALL = [
     "CacheInfo",
     "ChatTemplateError",
+    "ConstraintError",
     "ContextWindowExceededError",
     "GenerationError",
     "HFLocalChatModel",
     "InvalidModelFileError",
+    "InvalidParameterError",
     "LegacyGGMLFormatError",
     "LocalGGMLChatModel",
     "LocalGGMLLLM",
     "LocalLLMError",
     "MissingDependencyError",
     "ModelFormatError",
+    "ModelLoadError",
     "ModelNotFoundError",
+    "UnsupportedContentError",
     "__version__",
     "clear_model_cache",
     "model_cache_info",
@@ -90,7 +94,7 @@ def test_errors_subclass_what_callers_catch() -> None:
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_localllm import _imports
+    from langchain_localllm._core import imports as _imports
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
     with pytest.raises(errors.MissingDependencyError, match=r'pip install "langchain-localllm\[llamacpp\]"'):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_localllm._cache import model_cache
+from langchain_localllm._core.cache import model_cache
 from langchain_localllm.chat_models import LocalGGMLChatModel
 from tests.standard_flags import LocalChatModelFlags
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from langchain_localllm._stop import ByteStream, StopBuffer, merge_stops
+from langchain_localllm._core.stop import ByteStream, StopBuffer, merge_stops
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[list[str], StopBuffer]:

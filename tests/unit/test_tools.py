@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from langchain_localllm._hf_grammar import _closed
-from langchain_localllm._llamacpp_sampling import _check_gbnf_expressible
-from langchain_localllm._tools import (
+from langchain_localllm._backends.llamacpp.grammar import _check_gbnf_expressible
+from langchain_localllm._backends.transformers.grammar import _closed
+from langchain_localllm._core.tools import (
     HermesToolCallParser,
     JsonToolCallParser,
     convert_tools,
@@ -152,7 +152,7 @@ def test_llguidance_schemas_are_closed() -> None:
 
 
 def test_small_integer_ranges_become_enums_for_llamacpp() -> None:
-    from langchain_localllm._llamacpp_sampling import _enumerate_small_int_ranges
+    from langchain_localllm._backends.llamacpp.grammar import _enumerate_small_int_ranges
 
     schema = {"type": "object", "properties": {"n": {"type": "integer", "exclusiveMinimum": -3, "maximum": 2.5}}}
     out = _enumerate_small_int_ranges(schema)
@@ -165,20 +165,22 @@ def test_small_integer_ranges_become_enums_for_llamacpp() -> None:
 
 
 def _run_plan(parser: Any, pieces: list[str]) -> tuple[list[str], Any]:
-    from langchain_localllm._output import Piece
-    from langchain_localllm._tools import ToolPlan
+    from langchain_localllm._core.output import FinishInfo, Piece
+    from langchain_localllm._core.tools import ToolPlan
 
-    plan = ToolPlan({"tools": TOOLS, "tool_choice": "auto", "tool_parser": parser}, "test")
+    plan = ToolPlan({"tools": TOOLS, "tool_choice": "auto", "tool_parser": parser})
     streamed: list[str] = []
     final = None
-    info = {"finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": len(pieces), "total_tokens": 3}
+    finish = FinishInfo("stop", 3, len(pieces))
     for i, text in enumerate(pieces):
         last = i == len(pieces) - 1
-        for chunk in plan.chunks(Piece(text, info=info if last else None), "m"):
-            if chunk.message.response_metadata.get("finish_reason"):
-                final = chunk.message
-            else:
-                streamed.append(str(chunk.message.content))
+        chunk = plan.chunk(Piece(text, finish=finish if last else None), model_name="m", provider="test")
+        if chunk is None:
+            continue
+        if chunk.message.response_metadata.get("finish_reason"):
+            final = chunk.message
+        else:
+            streamed.append(str(chunk.message.content))
     return streamed, final
 
 

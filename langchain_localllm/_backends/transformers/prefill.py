@@ -27,7 +27,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from langchain_localllm._imports import import_optional
+from langchain_localllm._core.imports import import_optional
 
 __all__ = ["MIN_ROWS", "cache_argument", "merged_prefill", "plan_groups"]
 

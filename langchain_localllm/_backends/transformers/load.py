@@ -12,117 +12,20 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import os
-import re
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from langchain_localllm._imports import import_optional
-from langchain_localllm.errors import MissingDependencyError, ModelNotFoundError
+from langchain_localllm._backends.transformers.settings import LoadSpec
+from langchain_localllm._core.hub import offline
+from langchain_localllm._core.imports import import_optional
+from langchain_localllm.errors import InvalidParameterError, MissingDependencyError, ModelNotFoundError
 
-__all__ = ["HFBundle", "LoadSpec", "bundle_from_objects", "load_bundle"]
+__all__ = ["HFBundle", "bundle_from_objects", "load_bundle"]
 
 logger = logging.getLogger("langchain_localllm")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_TRUE = {"1", "true", "yes", "on"}
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 _UNBOUNDED_MODEL_MAX_LENGTH = 1_000_000
-
-
-def _offline(local_files_only: bool) -> bool:  # noqa: FBT001 - mirrors the field
-    env = (os.environ.get(name, "").lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return local_files_only or any(value in _TRUE for value in env)
-
-
-def _hashable(value: Any) -> Hashable:
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [_hashable(v) for v in value]
-        return tuple(sorted(items, key=repr)) if isinstance(value, set | frozenset) else tuple(items)
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value  # type: ignore[no-any-return]
-
-
-# -- loading -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """Where a model comes from and how it is loaded (everything that forces a reload)."""
-
-    model: str
-    revision: str | None = None
-    trust_remote_code: bool = False
-    local_files_only: bool = False
-    cache_dir: str | None = None
-    device: str = "auto"
-    device_map: Any = None
-    dtype: str = "auto"
-    quantization: str | None = None
-    attn_implementation: str | None = None
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def source(self) -> str:
-        """The local directory (absolute) or the hub id to load from.
-
-        Raises:
-            ModelNotFoundError: ``model`` is neither an existing directory nor a hub id.
-        """
-        path = Path(self.model).expanduser()
-        if path.is_dir():
-            return str(path.resolve())
-        if path.exists():
-            msg = (
-                f"model {self.model!r} is a file; give the directory of a Hugging Face checkpoint "
-                "(config.json, weights, tokenizer files) or a hub id. GGUF files load with LocalGGMLLLM."
-            )
-            raise ModelNotFoundError(msg)
-        if not _HUB_ID.match(self.model):
-            msg = f"model directory not found: {self.model!r} (not a local directory, and not a hub id)"
-            raise ModelNotFoundError(msg)
-        return self.model
-
-    def resolved_device(self) -> str:
-        """``device`` with ``"auto"`` resolved (cuda, then mps, then cpu)."""
-        torch = import_optional("torch")
-        device = self.device
-        if device == "auto":
-            if torch.cuda.is_available():
-                return "cuda"
-            mps = getattr(torch.backends, "mps", None)
-            return "mps" if mps is not None and mps.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            msg = (
-                f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda}); use device='cpu' or 'auto'"
-            )
-            raise ValueError(msg)
-        return device
-
-    def cache_key(self) -> tuple[Hashable, ...]:
-        """The model-cache key: the same key means the same loaded weights."""
-        source = self.source()  # fails fast, before torch is imported
-        device = self.resolved_device()
-        dtype = "float32" if self.dtype == "auto" and device == "cpu" and not self.quantization else self.dtype
-        return (
-            "hf",
-            source,
-            self.revision,
-            device,
-            dtype,
-            self.quantization,
-            self.attn_implementation,
-            self.trust_remote_code,
-            _hashable(self.device_map),
-            _hashable(self.model_kwargs),
-        )
 
 
 @dataclass
@@ -214,7 +117,7 @@ def _quantization_config(spec: LoadSpec, torch: Any, transformers: Any) -> Any:
             f"quantization={spec.quantization!r} runs through bitsandbytes, which needs a CUDA GPU, and torch "
             "sees none. Use quantization=None (and dtype='bfloat16'/'float16' on a GPU to save memory)."
         )
-        raise ValueError(msg)
+        raise InvalidParameterError(msg)
     if importlib.util.find_spec("bitsandbytes") is None:
         msg = (
             f"quantization={spec.quantization!r} needs the bitsandbytes package, which is not installed. "
@@ -241,18 +144,18 @@ def load_bundle(spec: LoadSpec) -> HFBundle:
     transformers = import_optional("transformers")
     source = spec.source()
     device = spec.resolved_device()
-    offline = _offline(spec.local_files_only)
+    no_downloads = offline(spec.local_files_only)
     common: dict[str, Any] = {
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
-        "local_files_only": offline,
+        "local_files_only": no_downloads,
         "cache_dir": spec.cache_dir,
     }
     try:
         config = transformers.AutoConfig.from_pretrained(source, **common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
     except OSError as e:
-        where = "in the local Hugging Face cache (downloads are off)" if offline else "locally or on the Hub"
+        where = "in the local Hugging Face cache (downloads are off)" if no_downloads else "locally or on the Hub"
         msg = f"model {spec.model!r} was not found {where}: {e}"
         raise ModelNotFoundError(msg) from e
 

@@ -10,9 +10,8 @@ other chat models.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
@@ -24,18 +23,9 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from pydantic import BaseModel
 from pydantic.v1 import BaseModel as BaseModelV1
 
-from langchain_localllm._output import ChunkAggregate
-from langchain_localllm._tools import convert_tools, normalize_tool_choice
+from langchain_localllm.errors import InvalidParameterError
 
-if TYPE_CHECKING:
-    from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-    from langchain_core.language_models import LanguageModelInput
-    from langchain_core.messages import AIMessage
-    from langchain_core.outputs import ChatResult
-
-    from langchain_localllm._tools import ToolCallParser
-
-__all__ = ["ToolCallingChatModel", "with_structured_output"]
+__all__ = ["with_structured_output"]
 
 _METHODS = ("json_schema", "function_calling", "json_mode")
 
@@ -73,13 +63,13 @@ def with_structured_output(
     """Build the structured-output runnable for ``chat`` (see the module docstring)."""
     if kwargs:
         msg = f"unsupported arguments {sorted(kwargs)}"
-        raise ValueError(msg)
+        raise InvalidParameterError(msg)
     if method not in _METHODS:
         msg = f"method must be one of {_METHODS}, got {method!r}"
-        raise ValueError(msg)
+        raise InvalidParameterError(msg)
     if schema is None and method != "json_mode":
         msg = f"schema is required for method={method!r}"
-        raise ValueError(msg)
+        raise InvalidParameterError(msg)
     pydantic = _is_pydantic(schema)
     parser: Runnable[Any, Any]
     if method == "function_calling":
@@ -105,79 +95,3 @@ def with_structured_output(
     )
     on_error = RunnablePassthrough.assign(parsed=RunnableLambda(lambda _: None))
     return RunnableMap(raw=llm) | parse_raw.with_fallbacks([on_error], exception_key="parsing_error")
-
-
-class ToolCallingChatModel(BaseChatModel):
-    """What the package's chat models share above their backends.
-
-    ``bind_tools`` and ``with_structured_output`` bind tools and schemas as call options
-    (``tools``, ``tool_choice``, ``tool_parser``, ``json_schema``), which each backend
-    turns into template input, constrained decoding and parsed ``tool_calls``; and
-    ``_generate``/``_agenerate`` aggregate the one generation path, ``_stream``/``_astream``.
-    """
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        acc = ChunkAggregate()
-        for chunk in self._stream(messages, stop, run_manager, **kwargs):
-            acc.add(chunk)
-        return acc.result()
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        acc = ChunkAggregate()
-        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
-            acc.add(chunk)
-        return acc.result()
-
-    def bind_tools(
-        self,
-        tools: Sequence[Any],
-        *,
-        tool_choice: str | bool | dict[str, Any] | None = None,
-        tool_parser: ToolCallParser | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools (LangChain tools, functions, pydantic models, JSON-schema dicts).
-
-        Args:
-            tools: The tools the model may call.
-            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"`` (a call
-                is forced, decoding constrained to a valid call), or a tool name.
-            tool_parser: How the model writes calls; default chosen from the chat template.
-            **kwargs: Further call options bound alongside.
-        """
-        specs = convert_tools(tools)
-        choice = normalize_tool_choice(tool_choice, specs)
-        return self.bind(tools=specs, tool_choice=choice, tool_parser=tool_parser, **kwargs)
-
-    def with_structured_output(
-        self,
-        schema: Any = None,
-        *,
-        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
-        include_raw: bool = False,
-        strict: bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, Any]:
-        """Answers that always parse: decoding is constrained to ``schema``.
-
-        Args:
-            schema: A pydantic model, TypedDict or JSON-schema dict (``None`` for ``json_mode``).
-            method: ``"json_schema"`` (default), ``"function_calling"`` or ``"json_mode"``.
-            include_raw: Return ``{"raw", "parsed", "parsing_error"}``.
-            strict: Accepted for compatibility; constrained decoding is always strict.
-            **kwargs: Not supported (an error names them).
-        """
-        del strict  # constrained decoding already guarantees the schema
-        return with_structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)

@@ -1,17 +1,20 @@
 """Thread bridges shared by every backend: blocking generation, consumed sync or async.
 
-Local backends generate in blocking native calls. Two bridges cover every case:
+Local backends generate in blocking native calls. Every bridge takes one producer
+shape, ``producer(emit, cancel)``, which runs to completion in a worker and hands its
+items over with ``emit``:
 
-* :func:`iterate_in_thread` runs a blocking *producer* (e.g. transformers'
-  ``generate`` pushing tokens into a streamer) in a worker thread and yields what it
-  emits to the calling thread.
-* :func:`aiterate_in_thread` runs a blocking *iterator* (any ``_stream``) in a worker
-  thread and yields its items to an asyncio consumer, so the event loop never blocks.
+* :func:`iterate_in_thread` yields what the producer emits to the calling thread;
+* :func:`aiterate_in_thread` yields it to an asyncio consumer, so the event loop never
+  blocks;
+* :func:`pull` turns a blocking iterator (llama.cpp's token loop) into a producer.
 
-In both, a consumer that stops early (``break``, ``aclose()``, task cancellation)
-sets a :class:`threading.Event` that the producer checks between tokens, and the
-worker thread is always joined before the bridge returns: no thread outlives the
-call, and an exception raised in the worker reaches the consumer.
+So a stream crosses one thread boundary and one queue per item, whichever way it is
+consumed. In both bridges, a consumer that stops early (``break``, ``aclose()``, task
+cancellation) sets the :class:`threading.Event` that the producer checks between
+tokens, and ``emit`` raises :class:`Cancelled` from then on; the worker is always
+waited for before the bridge returns, so no thread outlives the call, and an exception
+raised in the worker reaches the consumer.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import functools
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
-from langchain_localllm._device import on_device_thread
-
-__all__ = ["Cancelled", "aiterate_in_thread", "iterate_in_thread"]
+__all__ = ["Cancelled", "Producer", "aiterate_in_thread", "iterate_in_thread", "pull"]
 
 T = TypeVar("T")
+
+Producer: TypeAlias = Callable[[Callable[[T], None], threading.Event], None]
+"""``producer(emit, cancel)``: blocking; calls ``emit(item)`` per item; may poll ``cancel``."""
 
 _DONE = object()
 
@@ -45,8 +49,33 @@ class _Failure(Generic[T]):
         self.error = error
 
 
+def pull(make_iterator: Callable[[threading.Event], Iterator[T]]) -> Producer[T]:
+    """A producer that iterates ``make_iterator(cancel)`` and emits each item.
+
+    The iterator is closed when it ends, fails or the consumer goes away (``emit``
+    raising :class:`Cancelled`), so a generator's ``finally`` releases what it holds.
+    """
+
+    def produce(emit: Callable[[T], None], cancel: threading.Event) -> None:
+        iterator = make_iterator(cancel)
+        try:
+            for item in iterator:
+                emit(item)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    return produce
+
+
+def _owns_current_thread(executor: concurrent.futures.Executor | None) -> bool:
+    owns = getattr(executor, "owns_current_thread", None)
+    return bool(owns()) if callable(owns) else False
+
+
 def iterate_in_thread(
-    producer: Callable[[Callable[[T], None], threading.Event], None],
+    producer: Producer[T],
     *,
     name: str = "langchain-localllm-producer",
     executor: concurrent.futures.Executor | None = None,
@@ -56,9 +85,9 @@ def iterate_in_thread(
     ``emit(item)`` hands an item to the consumer; after the consumer has stopped it
     raises :class:`Cancelled`, and ``cancel`` is set, so the producer can also poll
     it (e.g. from a stopping criterion). The producer runs in a new thread called
-    ``name``, or as a job of ``executor`` (e.g. the long-lived CUDA worker of
-    :mod:`langchain_localllm._device`). Either is waited for when this generator
-    finishes or is closed; an exception raised by the producer is re-raised here.
+    ``name``, or as a job of ``executor`` (e.g. the long-lived CUDA worker of the
+    transformers backend). Either is waited for when this generator finishes or is
+    closed; an exception raised by the producer is re-raised here.
     """
     items: queue.SimpleQueue[object] = queue.SimpleQueue()
     cancel = threading.Event()
@@ -89,10 +118,10 @@ def iterate_in_thread(
             yield item  # type: ignore[misc]
     finally:
         cancel.set()
-        if executor is None or not on_device_thread():
-            # Not when the garbage collector finalizes an abandoned stream on the CUDA
-            # worker itself: waiting there for a job only that thread can run would hang
-            # it. The job sees ``cancel`` and ends on its own.
+        if not _owns_current_thread(executor):
+            # Not when the garbage collector finalizes an abandoned stream on the
+            # executor's own thread: waiting there for a job only that thread can run
+            # would hang it. The job sees ``cancel`` and ends on its own.
             join()
 
 
@@ -106,66 +135,55 @@ def _start(run: Callable[[], None], name: str, executor: concurrent.futures.Exec
     return functools.partial(concurrent.futures.wait, [future])
 
 
-async def aiterate_in_thread(  # noqa: C901, PLR0915 - one bridge, kept in one place
-    make_iterator: Callable[[threading.Event], Iterator[T]],
+async def aiterate_in_thread(
+    producer: Producer[T],
     *,
     name: str = "langchain-localllm-async",
+    executor: concurrent.futures.Executor | None = None,
 ) -> AsyncGenerator[T, None]:
-    """Consume a blocking iterator from asyncio without blocking the event loop.
+    """Run ``producer(emit, cancel)`` in a worker and yield what it emits to asyncio.
 
-    ``make_iterator(cancel)`` is called in a worker thread and iterated there; items
-    are handed to the loop with ``call_soon_threadsafe``. When the consumer stops
-    early or is cancelled, ``cancel`` is set, the iterator is closed after its current
-    item (so generation stops within a token or two and releases the model), and the
-    worker thread is awaited before this generator returns.
+    Items are handed to the loop with ``call_soon_threadsafe``; the event loop never
+    blocks. When the consumer stops early or is cancelled, ``cancel`` is set and
+    ``emit`` raises :class:`Cancelled` (so generation stops within a token or two and
+    releases the model), and the worker is awaited before this generator returns.
 
     A consumer task that is cancelled while this generator is suspended at ``yield``
     leaves it unclosed until garbage collection (and a traceback can keep it alive).
-    The worker therefore also stops as soon as the task that last pulled an item is
-    done, so an abandoned stream never keeps generating.
+    ``emit`` therefore also stops the producer as soon as the task that last pulled an
+    item is done, so an abandoned stream never keeps generating.
     """
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[object] = asyncio.Queue()
     cancel = threading.Event()
     consumer: list[asyncio.Task[object] | None] = [asyncio.current_task()]
 
-    def abandoned() -> bool:
-        task = consumer[0]
-        return cancel.is_set() or (task is not None and task.done())
-
     def put(item: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed under us
             loop.call_soon_threadsafe(items.put_nowait, item)
 
+    def emit(item: T) -> None:
+        task = consumer[0]
+        if cancel.is_set() or (task is not None and task.done()):
+            cancel.set()
+            raise Cancelled
+        put(item)
+
+    finished = loop.create_future()
+
     def run() -> None:
         try:
-            iterator = make_iterator(cancel)
-            try:
-                for item in iterator:
-                    if abandoned():
-                        cancel.set()
-                        break
-                    put(item)
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
+            producer(emit, cancel)
+        except Cancelled:
+            pass
         except BaseException as e:  # noqa: BLE001 - forwarded to the consumer below
             put(_Failure(e))
         finally:
             put(_DONE)
-
-    finished = loop.create_future()
-
-    def run_and_signal() -> None:
-        try:
-            run()
-        finally:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, finished)
 
-    worker = threading.Thread(target=run_and_signal, name=name, daemon=True)
-    worker.start()
+    join = _start(run, name, executor)
     try:
         while True:
             consumer[0] = asyncio.current_task()
@@ -181,7 +199,7 @@ async def aiterate_in_thread(  # noqa: C901, PLR0915 - one bridge, kept in one p
         # cancellation cannot leave the thread running unobserved.
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(finished)
-        worker.join()
+        join()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

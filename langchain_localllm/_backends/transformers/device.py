@@ -73,6 +73,11 @@ class _DeviceThread(concurrent.futures.Executor):
         self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
         return future
 
+    @staticmethod
+    def owns_current_thread() -> bool:
+        """Whether the calling thread is this executor's worker (used by the thread bridges)."""
+        return on_device_thread()
+
     def _work(self) -> None:
         _local.device_thread = True
         while True:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from langchain_localllm.errors import InvalidParameterError
+
 __all__ = [
     "CacheInfo",
     "LoadedModel",
@@ -173,7 +175,7 @@ class ModelCache:
         """Set the LRU bound, evicting the oldest entries beyond it."""
         if max_models < 1:
             msg = f"max_models must be at least 1, got {max_models}"
-            raise ValueError(msg)
+            raise InvalidParameterError(msg)
         with self._lock:
             self._max_models = max_models
             self._evict_over_bound()

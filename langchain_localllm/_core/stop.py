@@ -17,6 +17,8 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterable
 
+from langchain_localllm.errors import InvalidParameterError
+
 __all__ = ["ByteStream", "StopBuffer", "merge_stops"]
 
 
@@ -31,11 +33,11 @@ def merge_stops(*groups: Iterable[str] | None) -> list[str]:
             continue
         if isinstance(group, str):
             msg = f"stop must be a list of strings, got the string {group!r}; wrap it in a list"
-            raise TypeError(msg)
+            raise InvalidParameterError(msg)
         for stop in group:
             if not isinstance(stop, str):
                 msg = f"stop sequences must be strings, got {stop!r}"
-                raise TypeError(msg)
+                raise InvalidParameterError(msg)
             if stop:
                 merged[stop] = None
     return list(merged)
@@ -50,7 +52,7 @@ class StopBuffer:
         ('Hello', '', True)
     """
 
-    __slots__ = ("_pending", "_stops", "matched", "stopped")
+    __slots__ = ("_pending", "_stops", "matched", "stopped", "tail")
 
     def __init__(self, stops: Iterable[str]) -> None:
         """Create a buffer for ``stops`` (empty strings are ignored)."""
@@ -60,6 +62,9 @@ class StopBuffer:
         """True once a stop string was found; everything after it is discarded."""
         self.matched: str | None = None
         """The stop string that ended the text, if any."""
+        self.tail = ""
+        """Once stopped: the text from the stop string on (the stop string included), which
+        :meth:`push` did not return. Tool calling uses a marker as the "stop" and parses this."""
 
     @property
     def pending(self) -> str:
@@ -82,6 +87,7 @@ class StopBuffer:
         if cut != -1:
             self.stopped = True
             self._pending = ""
+            self.tail = buf[cut:]
             return buf[:cut]
         hold = 0
         for stop in self._stops:

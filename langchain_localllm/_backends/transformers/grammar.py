@@ -17,8 +17,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from langchain_localllm._imports import import_optional
-from langchain_localllm._tools import call_sequence
+from langchain_localllm._core.imports import import_optional
+from langchain_localllm._core.tools import call_sequence
+from langchain_localllm.errors import ConstraintError
 
 __all__ = ["GrammarProcessor", "json_schema_grammar", "tool_call_grammar"]
 
@@ -92,7 +93,7 @@ class GrammarProcessor:
         """Compile ``grammar`` for ``rows`` rows.
 
         Raises:
-            ValueError: llguidance cannot compile the grammar (e.g. an unsupported schema).
+            ConstraintError: llguidance cannot compile the grammar (e.g. an unsupported schema).
         """
         llg = _llguidance()
         self._torch_ops = importlib.import_module("llguidance.torch")
@@ -101,7 +102,7 @@ class GrammarProcessor:
         error = self.matchers[0].get_error() if self.matchers and self.matchers[0].is_error() else ""
         if error:
             msg = f"llguidance cannot express this schema or grammar: {error}"
-            raise ValueError(msg)
+            raise ConstraintError(msg)
         self.bitmask = self._torch_ops.allocate_token_bitmask(rows, lltok.vocab_size)
         self._started = False
 

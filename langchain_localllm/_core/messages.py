@@ -33,6 +33,8 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from langchain_localllm.errors import InvalidParameterError, UnsupportedContentError
+
 __all__ = ["ChatDict", "UnsupportedContentError", "content_text", "fold_system", "plain_text_prompt", "to_chat_dicts"]
 
 ChatDict = dict[str, Any]
@@ -56,10 +58,6 @@ _SKIPPED_BLOCKS = frozenset(
 _MEDIA_BLOCKS = frozenset({"image", "image_url", "audio", "input_audio", "video", "file", "document", "input_image"})
 _ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
 _SEPARATOR = "\n\n"
-
-
-class UnsupportedContentError(ValueError):
-    """A message holds content a text-only local model cannot take (images, audio, files)."""
 
 
 def content_text(content: str | Sequence[Any]) -> str:
@@ -136,7 +134,7 @@ def _one(message: BaseMessage) -> ChatDict:
         out = {"role": _ROLES.get(message.role, message.role), "content": text}
     else:
         msg = f"unsupported message type {type(message).__name__}"
-        raise TypeError(msg)
+        raise InvalidParameterError(msg)
     if message.name:
         out["name"] = message.name
     return out

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
-from langchain_core.messages import AIMessageChunk, InvalidToolCall, ToolCall
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.messages import InvalidToolCall, ToolCall
+from langchain_core.messages.tool import ToolCallChunk, invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from langchain_localllm._output import Piece
+from langchain_localllm._core.output import Piece, chat_chunk
+from langchain_localllm._core.stop import StopBuffer
+from langchain_localllm.errors import InvalidParameterError
 
 __all__ = [
     "HermesToolCallParser",
@@ -206,7 +207,7 @@ def normalize_tool_choice(tool_choice: Any, tools: Sequence[Mapping[str, Any]]) 
     if isinstance(tool_choice, str) and tool_choice in names:
         return tool_choice
     msg = f"tool_choice={tool_choice!r} is not 'auto', 'none', 'any'/'required' or one of the bound tools {names}"
-    raise ValueError(msg)
+    raise InvalidParameterError(msg)
 
 
 def call_sequence(wrap: Callable[[str], str], rule: str) -> str:
@@ -242,119 +243,109 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]], only: str | None = None
         )
     if not options:
         msg = f"no bound tool is named {only!r}"
-        raise ValueError(msg)
+        raise InvalidParameterError(msg)
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 class ToolPlan:
-    """Per-call tool handling: which parser, which grammar, and how text becomes chunks.
+    """Per-call tool handling: which parser, which constraint, and how pieces become chunks.
 
     Without tools, text streams as it comes. With tools, text that is (or may still
     become) a tool call is held back and parsed at the end, so ``tool_call_chunks``
     carry complete calls; an answer that turns out to be plain text streams on.
     """
 
-    def __init__(self, kwargs: Mapping[str, Any], provider: str) -> None:
+    def __init__(self, kwargs: Mapping[str, Any]) -> None:
+        """Read ``tools``, ``tool_choice`` and ``tool_parser`` from the call options."""
         self.tools: list[dict[str, Any]] | None = kwargs.get("tools")
         self.choice: str = kwargs.get("tool_choice") or "auto"
         self.parser: ToolCallParser | None = kwargs.get("tool_parser")
-        self.grammar: Any = None
-        """The compiled constraint for a forced call (backend-specific), once resolved."""
+        self.grammar: str | None = None
+        """The backend's compiled constraint for a forced call (GBNF, Lark...), once resolved."""
         self._held: list[str] = []
-        self._holding = bool(self.tools) and self.choice != "none"
+        self._holding = self.active
+        self._marker = _marker_buffer(self.parser)
         self._in_call = False
-        self.provider = provider
 
     @property
     def active(self) -> bool:
         """Whether tools are bound and may be called (``tool_choice`` is not ``"none"``)."""
         return bool(self.tools) and self.choice != "none"
 
-    def resolve(self, template: str | None, compile_call: Callable[[dict[str, Any], ToolCallParser], Any]) -> None:
+    def resolve(self, template: str | None, compile_call: Callable[[dict[str, Any], ToolCallParser], str]) -> None:
         """Pick the parser from ``template``; for a forced call, compile its constraint.
 
         ``compile_call(schema, parser)`` turns the JSON schema of a valid call into the
         backend's constraint (a GBNF grammar, a llguidance grammar...).
         """
-        if not self.tools or self.choice == "none":
+        if not self.active:
             return
         if self.parser is None:
             self.parser = parser_for_template(template)
+            self._marker = _marker_buffer(self.parser)
         if self.choice != "auto":
             only = None if self.choice == "required" else self.choice
-            self.grammar = compile_call(tool_call_schema(self.tools, only=only), self.parser)
+            self.grammar = compile_call(tool_call_schema(self.tools or [], only=only), self.parser)
 
-    def chunks(self, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
-        """Turn one generated piece into chunks, holding back what may be a tool call."""
+    def chunk(self, piece: Piece, *, model_name: str, provider: str) -> ChatGenerationChunk | None:
+        """The chat chunk for one piece, holding back what may be a tool call (None: nothing to send yet)."""
         text = piece.text
+        calls: list[ToolCallChunk] = []
         if self._holding and self.parser is not None:
-            text = self._hold(text, final=piece.info is not None)
-        if piece.info is None:
-            if text or piece.logprobs:
-                metadata = {"logprobs": piece.logprobs} if piece.logprobs else {}
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
-            return
-        yield from self._final(text, piece, model_name)
+            text = self._hold(text, final=piece.finish is not None)
+        if piece.finish is not None and self.active and self.parser is not None and text:
+            text, calls = self._parse(text)
+        return chat_chunk(text, piece, model_name=model_name, provider=provider, tool_call_chunks=calls)
 
     def _hold(self, text: str, *, final: bool) -> str:
         """Return the text that is safe to stream now; keep what may be (part of) a call.
 
-        With a marker (Hermes), text streams until the marker could be starting; from the
-        marker on, everything is held and parsed at the end (calls may follow text).
-        Without one (plain JSON), the answer is held while it still looks like a call,
-        and released once it cannot be one.
+        With a marker (Hermes), text streams until the marker could be starting (a
+        :class:`StopBuffer` on the marker); from the marker on, everything is held and
+        parsed at the end (calls may follow text). Without one (plain JSON), the answer is
+        held while it still looks like a call, and released once it cannot be one.
         """
         assert self.parser is not None  # noqa: S101 - guarded by the caller
+        marker = self._marker
+        if marker is not None:
+            if not self._in_call:
+                out = marker.push(text)
+                if not marker.stopped:
+                    return out + marker.flush() if final else out
+                self._in_call = True
+                text = marker.tail
+            else:
+                out = ""
+            self._held.append(text)
+            if not final:
+                return out
+            held, self._held = "".join(self._held), []
+            return out + held  # the final parse splits text from calls
         self._held.append(text)
         so_far = "".join(self._held)
-        marker = getattr(self.parser, "marker", None)
-        if marker:
-            if final:
-                self._held = []
-                return so_far  # the final parse splits text from calls
-            if self._in_call:
-                return ""
-            at = so_far.find(marker)
-            if at != -1:
-                self._in_call = True
-                self._held = [so_far[at:]]
-                return so_far[:at]
-            keep = next((k for k in range(min(len(marker) - 1, len(so_far)), 0, -1) if so_far.endswith(marker[:k])), 0)
-            self._held = [so_far[len(so_far) - keep :]] if keep else []
-            return so_far[: len(so_far) - keep]
         if not final and self.parser.may_be_call(so_far):
             return ""
         self._holding = False
         self._held = []
         return so_far
 
-    def _final(self, text: str, piece: Piece, model_name: str) -> Iterator[ChatGenerationChunk]:
-        info = piece.info or {}
-        calls_chunks = []
-        content = text
-        if self.tools and self.choice != "none" and self.parser is not None and text:
-            content, calls, invalid = self.parser.parse(text)
-            for i, call in enumerate(calls):
-                args = json.dumps(call["args"], ensure_ascii=False)
-                calls_chunks.append(tool_call_chunk(name=call["name"], args=args, id=call["id"], index=i))
-            for j, bad in enumerate(invalid, start=len(calls)):
-                calls_chunks.append(
-                    tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
-                )
-        finish = info.get("finish_reason")
-        if calls_chunks and finish == "stop":
-            finish = "tool_calls"
-        counts = {
-            "input_tokens": int(info.get("prompt_tokens", 0)),
-            "output_tokens": int(info.get("completion_tokens", 0)),
-            "total_tokens": int(info.get("total_tokens", 0)),
-        }
-        usage = cast("UsageMetadata", counts)
-        message = AIMessageChunk(
-            content=content,
-            tool_call_chunks=calls_chunks,
-            usage_metadata=usage,
-            response_metadata={"finish_reason": finish, "model_name": model_name, "model_provider": self.provider},
-            chunk_position="last",
+    def _parse(self, text: str) -> tuple[str, list[ToolCallChunk]]:
+        assert self.parser is not None  # noqa: S101 - guarded by the caller
+        content, calls, invalid = self.parser.parse(text)
+        chunks = [
+            tool_call_chunk(
+                name=call["name"], args=json.dumps(call["args"], ensure_ascii=False), id=call["id"], index=i
+            )
+            for i, call in enumerate(calls)
+        ]
+        chunks.extend(
+            tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
+            for j, bad in enumerate(invalid, start=len(calls))
         )
-        yield ChatGenerationChunk(message=message, generation_info={"finish_reason": finish})
+        return content, chunks
+
+
+def _marker_buffer(parser: ToolCallParser | None) -> StopBuffer | None:
+    """A stop buffer on the parser's call marker (None for parsers without one)."""
+    marker = getattr(parser, "marker", None)
+    return StopBuffer([marker]) if marker else None

@@ -1,0 +1,173 @@
+"""The llama.cpp backend: a GGUF file behind the :class:`~langchain_localllm._core.backend.Backend` verbs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from langchain_localllm._backends.llamacpp.generate import generate_pieces
+from langchain_localllm._backends.llamacpp.gguf import file_identity
+from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
+from langchain_localllm._backends.llamacpp.load import LlamaModel, load_llama, native_logger, tokenize_prompt
+from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling
+from langchain_localllm._backends.llamacpp.template import render_chat_template
+from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
+from langchain_localllm._core.hub import offline
+from langchain_localllm._core.messages import fold_system
+from langchain_localllm._core.output import Piece
+from langchain_localllm.errors import (
+    ChatTemplateError,
+    GenerationError,
+    InvalidParameterError,
+    LocalLLMError,
+    ModelNotFoundError,
+)
+
+__all__ = ["LlamaCppBackend"]
+
+logger = logging.getLogger("langchain_localllm")
+
+
+class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
+    """One GGUF model, loaded once per process through the shared cache, run by llama.cpp."""
+
+    provider: ClassVar[str] = "llamacpp"
+
+    def __init__(self, settings: LoadSettings, *, verbose: bool = False) -> None:
+        """Make a backend for ``settings`` (nothing is loaded yet)."""
+        self.settings: LoadSettings = settings
+        self.verbose = verbose
+        self._path: Path | None = None
+        self._grammars = SchemaGrammars()
+        self._warned_no_template = False
+        self._lock = threading.Lock()
+
+    # -- identity and loading -----------------------------------------------------------
+
+    def model_name(self) -> str:
+        """``repo_id/filename``, or the file's name without ``.gguf``."""
+        s = self.settings
+        if s.repo_id is not None:
+            return f"{s.repo_id}/{s.filename}"
+        return (s.model_path or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
+
+    def model_file(self) -> Path:
+        """The GGUF file (downloaded from the Hub only if allowed). Memoized."""
+        with self._lock:
+            if self._path is None:
+                s = self.settings
+                self._path = Path(s.model_path).expanduser() if s.model_path is not None else self._download()
+            return self._path
+
+    def _download(self) -> Path:
+        from huggingface_hub import hf_hub_download  # noqa: PLC0415
+        from huggingface_hub.errors import (  # noqa: PLC0415
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        s = self.settings
+        assert s.repo_id is not None  # noqa: S101 - guaranteed by the field validator
+        assert s.filename is not None  # noqa: S101
+        no_downloads = offline(s.local_files_only)
+        try:
+            return Path(
+                hf_hub_download(
+                    repo_id=s.repo_id,
+                    filename=s.filename,
+                    revision=s.revision,
+                    cache_dir=s.cache_dir,
+                    local_files_only=no_downloads,
+                )
+            )
+        except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as e:
+            where = "in the local Hugging Face cache (downloads are disabled)" if no_downloads else "on the Hub"
+            msg = (
+                f"{s.filename!r} from {s.repo_id!r} was not found {where}: {e}. "
+                "Check repo_id/filename, or download it first (huggingface-cli download "
+                f"{s.repo_id} {s.filename}) and set model_path."
+            )
+            raise ModelNotFoundError(msg) from e
+
+    def cache_key(self) -> Hashable:
+        """File identity (real path, size, mtime) plus how it is loaded."""
+        path = self.model_file()
+        try:
+            return ("llama_cpp", file_identity(path), self.settings.load_key())
+        except FileNotFoundError as e:
+            msg = f"model file not found: {path}"
+            raise ModelNotFoundError(msg) from e
+
+    def _load_model(self) -> LlamaModel:
+        if self.verbose:
+            native_logger.setLevel(logging.DEBUG)
+        return load_llama(self.model_file(), self.settings)
+
+    # -- prompts ------------------------------------------------------------------------
+
+    def _tokenize(self, model: LlamaModel, text: str) -> list[int]:
+        tokens: list[int] = model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return tokens
+
+    def _template(self, model: LlamaModel, override: str | None) -> str | None:
+        return override or model.info.chat_template
+
+    def _render(self, model: LlamaModel, prompt: Prompt) -> list[int]:
+        if not isinstance(prompt, ChatPrompt):
+            return tokenize_prompt(model, prompt.text)
+        template = self._template(model, prompt.chat_template)
+        if not template:
+            if prompt.raw_fallback is None:
+                msg = (
+                    f"{model.info.path} has no chat template (tokenizer.chat_template). Pass chat_template='...' "
+                    "(a Jinja template), or use LocalGGMLLLM with prompt_format for raw prompts."
+                )
+                raise ChatTemplateError(msg)
+            if not self._warned_no_template:
+                self._warned_no_template = True
+                logger.info(
+                    "%s has no chat template (tokenizer.chat_template); prompt_format='auto' "
+                    "sends prompts raw. Set prompt_format to silence this.",
+                    model.info.path,
+                )
+            return tokenize_prompt(model, prompt.raw_fallback)
+        variables = {"bos_token": model.bos_text, "eos_token": model.eos_text}
+        messages = prompt.messages
+        try:
+            text = render_chat_template(template, messages, add_generation_prompt=True, tools=prompt.tools, **variables)
+        except ChatTemplateError:
+            if not any(m.get("role") == "system" for m in messages):
+                raise
+            # A template that rejects a system role: fold the system text into the first user turn.
+            text = render_chat_template(
+                template, fold_system(messages), add_generation_prompt=True, tools=prompt.tools, **variables
+            )
+        return tokenize_prompt(model, text)
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _compile(self, schema: Mapping[str, Any], wrap: Callable[[str], str] | None) -> str:
+        gbnf = self._grammars.gbnf(schema)
+        return wrap_call_grammar(gbnf, wrap) if wrap is not None else gbnf
+
+    def _pieces(self, request: GenerateRequest[Sampling], cancel: threading.Event | None) -> Iterator[Piece]:
+        sampling = request.sampling
+        with self.hold() as model:
+            ids, grammar = self._prepare(model, request)
+            if grammar is None:
+                if request.json_schema is None and sampling.json_schema is not None:
+                    grammar = self._compile(sampling.json_schema, None)
+                else:
+                    grammar = sampling.grammar
+            elif sampling.grammar is not None and not (request.tools and request.tools.grammar):
+                msg = "give grammar or json_schema, not both"
+                raise InvalidParameterError(msg)
+            yield from generate_pieces(model, ids, sampling, grammar_text=grammar, stops=request.stops, cancel=cancel)
+
+    def _map_error(self, error: Exception) -> LocalLLMError:
+        return GenerationError(f"llama.cpp failed while generating: {type(error).__name__}: {error}")

@@ -1,0 +1,164 @@
+"""Loading a GGUF file with llama.cpp: the native log, the loaded model and its token tables.
+
+``llama_cpp`` is imported lazily (:func:`llama_cpp_module`), with llama.cpp's native log
+routed to the ``langchain_localllm.llama_cpp`` logger instead of stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from langchain_localllm._backends.llamacpp.gguf import GGUFInfo, read_gguf_info
+from langchain_localllm._backends.llamacpp.settings import LoadSettings
+from langchain_localllm._core.imports import import_optional
+from langchain_localllm.errors import ModelLoadError
+
+__all__ = ["LlamaModel", "llama_cpp_module", "load_llama", "native_logger", "tokenize_prompt"]
+
+logger = logging.getLogger("langchain_localllm")
+native_logger = logging.getLogger("langchain_localllm.llama_cpp")
+"""llama.cpp's own log lines (model loading, backend info) arrive on this logger."""
+
+DEFAULT_N_CTX_CAP = 4096
+"""``n_ctx`` defaults to the model's trained context, capped at this many tokens."""
+
+# ggml.h: enum ggml_log_level { NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues
+# the previous line) }. (llama-cpp-python's own _logger.py maps an older numbering.)
+_GGML_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state: dict[str, Any] = {"installed": False, "last_level": logging.DEBUG, "callback": None}
+_log_lock = threading.Lock()
+
+
+def _install_log_callback(llama_cpp: ModuleType) -> None:
+    """Route llama.cpp's native log to :data:`native_logger` instead of stderr."""
+    with _log_lock:
+        if _log_state["installed"]:
+            return
+
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def _callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+            py_level = _log_state["last_level"] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)  # noqa: PLR2004
+            _log_state["last_level"] = py_level
+            if native_logger.isEnabledFor(py_level):
+                line = text.decode("utf-8", errors="replace").rstrip("\n")
+                if line:
+                    native_logger.log(py_level, "%s", line)
+
+        _log_state["callback"] = _callback  # keep the C callback alive
+        llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+        _log_state["installed"] = True
+
+
+def llama_cpp_module() -> ModuleType:
+    """Import ``llama_cpp`` (naming the extra if missing) with logging routed."""
+    module = import_optional("llama_cpp")
+    _install_log_callback(module)
+    return module
+
+
+@dataclass
+class LlamaModel:
+    """A loaded ``Llama`` plus the per-model tables the token loop needs."""
+
+    llama: Any
+    info: GGUFInfo
+    n_ctx: int
+    pieces: list[bytes]
+    eog_ids: frozenset[int]
+    bos_id: int | None
+    add_bos: bool
+    bos_text: str
+    eos_text: str
+    checked_grammars: set[str] = field(default_factory=set)
+
+    def close(self) -> None:
+        """Free the native model and context."""
+        self.llama.close()
+
+
+def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
+    """Validate ``path`` and load it with llama.cpp.
+
+    Raises:
+        ModelNotFoundError: ``path`` is missing or a directory.
+        LegacyGGMLFormatError: ``path`` is a pre-GGUF GGML file.
+        InvalidModelFileError: ``path`` is not GGUF or is truncated.
+        ModelLoadError: llama.cpp refused the (validated) file.
+    """
+    info = read_gguf_info(path)
+    llama_cpp = llama_cpp_module()
+    n_ctx = settings.n_ctx
+    if n_ctx is None:
+        n_ctx = min(info.context_length or DEFAULT_N_CTX_CAP, DEFAULT_N_CTX_CAP)
+    kwargs = settings.llama_kwargs(n_ctx)
+    captured = io.StringIO()
+    try:
+        # verbose=True keeps llama-cpp-python from redirecting the process's file
+        # descriptors (not thread-safe); its Python-level prints are captured and
+        # logged, and the native log goes through our callback.
+        with contextlib.redirect_stderr(captured):
+            llama = llama_cpp.Llama(model_path=str(path), verbose=True, **kwargs)
+    except (ValueError, RuntimeError) as e:
+        msg = f"llama.cpp could not load {path}: {e}. See the 'langchain_localllm.llama_cpp' log for details."
+        raise ModelLoadError(msg) from e
+    finally:
+        for line in captured.getvalue().splitlines():
+            if line.strip():
+                native_logger.debug("%s", line)
+    llama.verbose = False  # no per-call prints from Llama.generate
+    vocab = llama_cpp.llama_model_get_vocab(llama._model.model)  # noqa: SLF001
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    pieces = [_token_piece(llama_cpp, vocab, t, special=False) for t in range(n_vocab)]
+    eog = frozenset(t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
+    bos = llama_cpp.llama_vocab_bos(vocab)
+    eos = llama_cpp.llama_vocab_eos(vocab)
+    return LlamaModel(
+        llama=llama,
+        info=info,
+        # llama.cpp may round the context up; llama-cpp-python's token arrays keep the
+        # requested size, so the smaller of the two is the real limit.
+        n_ctx=min(n_ctx, llama.n_ctx()),
+        pieces=pieces,
+        eog_ids=eog,
+        bos_id=bos if bos >= 0 else None,
+        add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+        bos_text=_token_text(llama_cpp, vocab, bos),
+        eos_text=_token_text(llama_cpp, vocab, eos),
+    )
+
+
+def _token_piece(llama_cpp: ModuleType, vocab: Any, token: int, *, special: bool) -> bytes:
+    size = 64
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
+    if n < 0:
+        size = -n
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
+    return buf.raw[: max(n, 0)]
+
+
+def _token_text(llama_cpp: ModuleType, vocab: Any, token: int) -> str:
+    if token < 0:
+        return ""
+    return _token_piece(llama_cpp, vocab, token, special=True).decode("utf-8", errors="replace")
+
+
+def tokenize_prompt(model: LlamaModel, text: str) -> list[int]:
+    """Tokenize a fully formatted prompt (special tokens parsed), adding BOS once.
+
+    BOS is added only when the model asks for it and the text does not already
+    start with it (chat templates often render ``bos_token`` themselves).
+    """
+    tokens: list[int] = model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    if model.add_bos and model.bos_id is not None and (not tokens or tokens[0] != model.bos_id):
+        tokens.insert(0, model.bos_id)
+    return tokens

@@ -1,0 +1,41 @@
+"""What the LangChain classes over llama.cpp share: the two field groups and how they make a backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_localllm._backends.llamacpp.backend import LlamaCppBackend
+from langchain_localllm._backends.llamacpp.settings import (
+    LlamaCppLoadFields,
+    LlamaCppSamplingFields,
+    LoadSettings,
+    Sampling,
+)
+from langchain_localllm._core.model import LocalModel
+from langchain_localllm._core.settings import Settings, check_known
+
+__all__ = ["LlamaCppModel"]
+
+
+class LlamaCppModel(LlamaCppSamplingFields, LlamaCppLoadFields, LocalModel):
+    """The fields of ``LocalGGMLLLM`` and ``LocalGGMLChatModel``, over one :class:`LlamaCppBackend`."""
+
+    def _load_settings(self) -> LoadSettings:
+        return LoadSettings.of(self, logits_all=self.logprobs is not None)
+
+    def _new_backend(self, settings: Settings) -> LlamaCppBackend:
+        assert isinstance(settings, LoadSettings)  # noqa: S101 - made by _load_settings
+        return LlamaCppBackend(settings, verbose=bool(getattr(self, "verbose", False)))
+
+    def _backend(self) -> LlamaCppBackend:
+        backend = super()._backend()
+        assert isinstance(backend, LlamaCppBackend)  # noqa: S101 - made by _new_backend
+        backend.verbose = bool(getattr(self, "verbose", False))
+        return backend
+
+    def _call_options(self) -> frozenset[str]:
+        return Sampling.names()
+
+    def _sampling(self, options: dict[str, Any]) -> Sampling:
+        check_known(options, Sampling.names())
+        return Sampling.of(self, options)

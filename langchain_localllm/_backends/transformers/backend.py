@@ -1,0 +1,128 @@
+"""The transformers backend: a checkpoint behind the :class:`~langchain_localllm._core.backend.Backend` verbs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, ClassVar
+
+from langchain_localllm._backends.transformers.batch import BatchPlan, run_batch
+from langchain_localllm._backends.transformers.device import device_executor, on_device_thread
+from langchain_localllm._backends.transformers.generate import generate_rows
+from langchain_localllm._backends.transformers.grammar import json_schema_grammar, tool_call_grammar
+from langchain_localllm._backends.transformers.load import HFBundle, bundle_from_objects, load_bundle
+from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget, template_of
+from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
+from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PushBackend
+from langchain_localllm._core.output import Piece
+from langchain_localllm.errors import GenerationError, LocalLLMError
+
+__all__ = ["TransformersBackend"]
+
+BATCH_SLOT = "batch_slot"
+"""``GenerateRequest.extra`` key: ``(plan, slot)`` when the answer comes from a ``batch()`` group."""
+
+
+class TransformersBackend(PushBackend[HFBundle, Sampling]):
+    """One transformers model and tokenizer, loaded once per process through the shared cache.
+
+    Every CUDA generation runs on the process's one CUDA worker thread (``device.py``),
+    where the static-cache decode step is compiled with CUDA graphs.
+    """
+
+    provider: ClassVar[str] = "huggingface"
+
+    def __init__(self, settings: LoadSpec, objects: tuple[Any, Any] | None = None) -> None:
+        """A backend for ``settings``, or for a model and tokenizer the user already has."""
+        self.settings: LoadSpec = settings
+        self._objects = objects
+        self._key: tuple[Hashable, ...] | None = None
+
+    def model_name(self) -> str:
+        """The ``model`` field (a path or hub id)."""
+        return self.settings.model
+
+    def cache_key(self) -> tuple[Hashable, ...]:
+        """Source, device, dtype and load options; for wrapped objects, their identity. Memoized."""
+        if self._key is None:
+            if self._objects is not None:
+                model, tokenizer = self._objects
+                self._key = ("hf-objects", id(model), id(tokenizer))
+            else:
+                self._key = self.settings.cache_key()
+        return self._key
+
+    def _load_model(self) -> HFBundle:
+        if self._objects is not None:
+            model, tokenizer = self._objects
+            return bundle_from_objects(model, tokenizer, name=self.settings.model, owned=False)
+        return load_bundle(self.settings)
+
+    def _on_cuda(self) -> bool:
+        if self._objects is not None:
+            return getattr(getattr(self._objects[0], "device", None), "type", None) == "cuda"
+        return str(self.cache_key()[3]).startswith("cuda")
+
+    def _executor(self) -> concurrent.futures.Executor | None:
+        """CUDA generation goes to the process's CUDA worker thread (unless already on it)."""
+        return device_executor() if self._on_cuda() and not on_device_thread() else None
+
+    # -- prompts ------------------------------------------------------------------------
+
+    def _tokenize(self, model: HFBundle, text: str) -> list[int]:
+        return list(model.tokenizer.encode(text, add_special_tokens=False))
+
+    def _template(self, model: HFBundle, override: str | None) -> str | None:
+        template = template_of(model.tokenizer, override)
+        return template if isinstance(template, str) else None
+
+    def _render(self, model: HFBundle, prompt: Prompt) -> list[int]:
+        if not isinstance(prompt, ChatPrompt):
+            return list(model.tokenizer(prompt.text)["input_ids"])
+        return render_prompt(model, prompt.messages, prompt.chat_template, tools=prompt.tools)
+
+    def _compile(self, schema: Mapping[str, Any], wrap: Callable[[str], str] | None) -> str:
+        return json_schema_grammar(dict(schema)) if wrap is None else tool_call_grammar(dict(schema), wrap)
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _produce(
+        self, request: GenerateRequest[Sampling], emit: Callable[[Piece], None], cancel: threading.Event
+    ) -> None:
+        slot = request.extra.get(BATCH_SLOT)
+        if slot is not None:
+            plan, index = slot
+            for piece in plan.pieces(index, lambda: self._run_plan(plan, request)):
+                emit(piece)
+            return
+        with self.hold() as bundle:
+            ids, constraint = self._prepare(bundle, request)
+            sampling = request.sampling
+            if constraint is not None:
+                sampling = sampling.model_copy(update={"constraint": constraint})
+            budget = row_budget(bundle, len(ids), sampling.max_tokens)
+            generate_rows(
+                bundle,
+                [ids],
+                [budget],
+                sampling=sampling,
+                stops=request.stops,
+                emit=lambda _row, piece: emit(piece),
+                cancels=(cancel,),
+            )
+
+    def _run_plan(self, plan: BatchPlan, request: GenerateRequest[Sampling]) -> list[list[Piece] | BaseException]:
+        template = request.prompt.chat_template if isinstance(request.prompt, ChatPrompt) else None
+        with self.hold() as bundle:
+            # Its own cancel flag: one consumer going away must not cut the other inputs' answers.
+            cancel = threading.Event()
+            return run_batch(bundle, plan.conversations, request.sampling, request.stops, template, cancel=cancel)
+
+    def _map_error(self, error: Exception) -> LocalLLMError:
+        if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+            return GenerationError(
+                f"the device ran out of memory while generating ({error}); lower max_tokens or batch_size, "
+                "or load the model with a smaller dtype or quantization"
+            )
+        return GenerationError(f"transformers failed while generating: {type(error).__name__}: {error}")

@@ -1,0 +1,288 @@
+"""The one interface between the LangChain classes and the backends.
+
+The classes (``LocalGGMLLLM``, ``LocalGGMLChatModel``, ``HFLocalChatModel``) keep their
+pydantic fields and turn a LangChain call into a :class:`GenerateRequest`; a backend
+turns the request into :class:`~langchain_localllm._core.output.Piece` objects. The
+classes never see how a model is loaded, locked, rendered or run — like httpx's
+clients over ``BaseTransport.handle_request``.
+
+Every backend implements :class:`Backend`. :class:`BaseBackend` gives the shared part
+(the process-wide cache, the lock per model, tool-plan resolution, error mapping at
+the boundary) and two shapes of token loop:
+
+* :class:`PullBackend`: generation is a Python iterator (llama.cpp). ``stream`` runs it
+  in the caller's thread; ``astream`` in one worker thread.
+* :class:`PushBackend`: generation calls back with each token from inside a blocking
+  native call (transformers' ``generate``). ``stream`` and ``astream`` both run it in
+  one worker (or the CUDA worker thread) behind one queue.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from langchain_localllm._core.bridge import Cancelled, aiterate_in_thread, iterate_in_thread, pull
+from langchain_localllm._core.cache import model_cache
+from langchain_localllm._core.messages import ChatDict
+from langchain_localllm._core.output import Piece
+from langchain_localllm._core.settings import Settings
+from langchain_localllm._core.tools import ToolPlan
+from langchain_localllm.errors import LocalLLMError, ModelLoadError
+
+__all__ = [
+    "Backend",
+    "BaseBackend",
+    "ChatPrompt",
+    "GenerateRequest",
+    "Prompt",
+    "PullBackend",
+    "PushBackend",
+    "TextPrompt",
+]
+
+M = TypeVar("M")
+"""The backend's loaded-model type."""
+S = TypeVar("S", bound=Settings)
+"""The backend's sampling settings."""
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Messages to render with the model's chat template."""
+
+    messages: Sequence[ChatDict]
+    tools: Sequence[Mapping[str, Any]] | None = None
+    """Tool schemas the template renders (None: no tools in the prompt)."""
+    chat_template: str | None = None
+    """A template used instead of the model's own."""
+    raw_fallback: str | None = None
+    """Text sent as-is when the model has no template (``LocalGGMLLLM``'s ``"auto"``); None: an error."""
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """Model input given as text (special tokens in it are parsed; BOS added once)."""
+
+    text: str
+
+
+Prompt = ChatPrompt | TextPrompt
+
+
+@dataclass
+class GenerateRequest(Generic[S]):
+    """Everything one generation needs, built by a LangChain class from its fields and call options."""
+
+    prompt: Prompt
+    sampling: S
+    stops: Sequence[str] = ()
+    tools: ToolPlan | None = None
+    """Bound tools: the backend picks the parser from the template and compiles a forced call."""
+    json_schema: Mapping[str, Any] | None = None
+    """A schema the answer must match (constrained decoding)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific request data (e.g. a transformers batch slot)."""
+
+
+class Backend(Protocol[S]):
+    """What every backend does, with the same verbs."""
+
+    provider: ClassVar[str]
+
+    def model_name(self) -> str:
+        """The name reported in metadata."""
+        ...
+
+    def cache_key(self) -> Hashable:
+        """The key of the loaded model in the process-wide cache (same key, same weights)."""
+        ...
+
+    def load(self) -> None:
+        """Load the model now (it otherwise loads on first use)."""
+        ...
+
+    def unload(self) -> bool:
+        """Evict the model from the cache; whether it was loaded."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` with the model's own tokenizer."""
+        ...
+
+    def render(self, prompt: Prompt) -> list[int]:
+        """The prompt token ids the model would see."""
+        ...
+
+    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+        """Generate, blocking the caller between pieces."""
+        ...
+
+    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+        """Generate without blocking the event loop."""
+        ...
+
+
+class BaseBackend(ABC, Generic[M, S]):
+    """The shared part of every backend (see the module docstring)."""
+
+    provider: ClassVar[str]
+    settings: Settings
+    """The load settings this backend was made for (a change makes a new backend)."""
+
+    # -- what each backend provides -------------------------------------------------
+
+    @abstractmethod
+    def model_name(self) -> str:
+        """The name reported in metadata."""
+
+    @abstractmethod
+    def cache_key(self) -> Hashable:
+        """The key of the loaded model in the process-wide cache."""
+
+    @abstractmethod
+    def _load_model(self) -> M:
+        """Load the weights (called at most once per key by the cache)."""
+
+    @abstractmethod
+    def _tokenize(self, model: M, text: str) -> list[int]:
+        """Token ids of ``text`` (for counting)."""
+
+    @abstractmethod
+    def _template(self, model: M, override: str | None) -> str | None:
+        """The chat template in use (``override`` or the model's own)."""
+
+    @abstractmethod
+    def _render(self, model: M, prompt: Prompt) -> list[int]:
+        """Prompt token ids for ``prompt``."""
+
+    @abstractmethod
+    def _compile(self, schema: Mapping[str, Any], wrap: Callable[[str], str] | None) -> str:
+        """The backend's constraint for ``schema``; with ``wrap``, for one tool call in that syntax."""
+
+    @abstractmethod
+    def _map_error(self, error: Exception) -> LocalLLMError:
+        """The package error for a backend exception raised while generating."""
+
+    # -- shared ---------------------------------------------------------------------
+
+    @contextmanager
+    def hold(self) -> Iterator[M]:
+        """Hold the loaded model (loading it once per process) and its lock."""
+        with model_cache.use(self.cache_key(), self._checked_load) as entry:
+            yield entry.model
+
+    def _checked_load(self) -> M:
+        try:
+            return self._load_model()
+        except LocalLLMError:
+            raise
+        except Exception as e:  # mapped at the boundary: every load failure is in the error tree
+            msg = f"{self.provider} could not load {self.model_name()!r}: {type(e).__name__}: {e}"
+            raise ModelLoadError(msg) from e
+
+    def load(self) -> None:
+        """Load the model now."""
+        with self.hold():
+            pass
+
+    def unload(self) -> bool:
+        """Evict the model from the cache (affects every instance sharing it); whether it was loaded."""
+        try:
+            key = self.cache_key()
+        except LocalLLMError:  # e.g. the file is gone: then nothing of it can be loaded
+            return False
+        return model_cache.evict(key)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` with the model's own tokenizer (loads the model)."""
+        with self.hold() as model:
+            return len(self._tokenize(model, text))
+
+    def render(self, prompt: Prompt) -> list[int]:
+        """The prompt token ids the model would see (loads the model)."""
+        with self.hold() as model:
+            return self._render(model, prompt)
+
+    def _prepare(self, model: M, request: GenerateRequest[S]) -> tuple[list[int], str | None]:
+        """Resolve tools and schema into a constraint, and render the prompt (model held)."""
+        constraint = None
+        tools = request.tools
+        if tools is not None and tools.active:
+            override = request.prompt.chat_template if isinstance(request.prompt, ChatPrompt) else None
+            tools.resolve(self._template(model, override), lambda schema, parser: self._compile(schema, parser.wrap))
+            constraint = tools.grammar
+        if constraint is None and request.json_schema is not None:
+            constraint = self._compile(request.json_schema, None)
+        return self._render(model, request.prompt), constraint
+
+    def _mapped(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        """``pieces`` with backend exceptions mapped into the error tree."""
+        try:
+            yield from pieces
+        except (LocalLLMError, Cancelled):
+            raise
+        except Exception as e:  # mapped at the boundary, the cause chained
+            raise self._map_error(e) from e
+
+    @abstractmethod
+    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+        """Generate, blocking the caller between pieces."""
+
+    @abstractmethod
+    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+        """Generate without blocking the event loop."""
+
+
+class PullBackend(BaseBackend[M, S]):
+    """A backend whose token loop is a Python iterator."""
+
+    @abstractmethod
+    def _pieces(self, request: GenerateRequest[S], cancel: threading.Event | None) -> Iterator[Piece]:
+        """The token loop (holds the model while it runs; stops soon after ``cancel`` is set)."""
+
+    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+        """Generate in the caller's thread."""
+        return self._mapped(self._pieces(request, None))
+
+    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+        """Generate in one worker thread, handed to the event loop piece by piece."""
+        return aiterate_in_thread(pull(lambda cancel: self._mapped(self._pieces(request, cancel))))
+
+
+class PushBackend(BaseBackend[M, S]):
+    """A backend whose generation calls back with each piece from inside a blocking call."""
+
+    @abstractmethod
+    def _produce(self, request: GenerateRequest[S], emit: Callable[[Piece], None], cancel: threading.Event) -> None:
+        """Run one generation, calling ``emit`` per piece (holds the model while it runs)."""
+
+    def _executor(self) -> concurrent.futures.Executor | None:
+        """Where generation runs: None for a new thread per call, or a long-lived executor."""
+        return None
+
+    def _producer(self, request: GenerateRequest[S]) -> Callable[[Callable[[Piece], None], threading.Event], None]:
+        def produce(emit: Callable[[Piece], None], cancel: threading.Event) -> None:
+            try:
+                self._produce(request, emit, cancel)
+            except (LocalLLMError, Cancelled):
+                raise
+            except Exception as e:  # mapped at the boundary, the cause chained
+                raise self._map_error(e) from e
+
+        return produce
+
+    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+        """Generate in one worker; the caller reads pieces from one queue."""
+        return iterate_in_thread(self._producer(request), name="langchain-localllm-generate", executor=self._executor())
+
+    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+        """Generate in one worker; the event loop reads pieces from one queue."""
+        return aiterate_in_thread(
+            self._producer(request), name="langchain-localllm-generate", executor=self._executor()
+        )
