@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import aclosing, closing
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -115,11 +116,12 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
-        for piece in self._backend().stream(request):
-            chunk = llm_chunk(piece)
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        with closing(self._backend().stream(request)) as pieces:
+            for piece in pieces:
+                chunk = llm_chunk(piece)
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     async def _astream(
         self,
@@ -129,17 +131,12 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
-        pieces = self._backend().astream(request)
-        try:
+        async with aclosing(self._backend().astream(request)) as pieces:
             async for piece in pieces:
                 chunk = llm_chunk(piece)
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-        finally:
-            aclose = getattr(pieces, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     def _generate(
         self,

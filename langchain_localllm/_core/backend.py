@@ -22,7 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -119,11 +119,11 @@ class Backend(Protocol[S]):
         """The prompt token ids the model would see."""
         ...
 
-    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+    def stream(self, request: GenerateRequest[S]) -> Generator[Piece, None, None]:
         """Generate, blocking the caller between pieces."""
         ...
 
-    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+    def astream(self, request: GenerateRequest[S]) -> AsyncGenerator[Piece, None]:
         """Generate without blocking the event loop."""
         ...
 
@@ -221,7 +221,7 @@ class BaseBackend(ABC, Generic[M, S]):
             constraint = self._compile(request.json_schema, None)
         return self._render(model, request.prompt), constraint
 
-    def _mapped(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+    def _mapped(self, pieces: Iterator[Piece]) -> Generator[Piece, None, None]:
         """``pieces`` with backend exceptions mapped into the error tree."""
         try:
             yield from pieces
@@ -231,11 +231,11 @@ class BaseBackend(ABC, Generic[M, S]):
             raise self._map_error(e) from e
 
     @abstractmethod
-    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+    def stream(self, request: GenerateRequest[S]) -> Generator[Piece, None, None]:
         """Generate, blocking the caller between pieces."""
 
     @abstractmethod
-    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+    def astream(self, request: GenerateRequest[S]) -> AsyncGenerator[Piece, None]:
         """Generate without blocking the event loop."""
 
 
@@ -246,11 +246,11 @@ class PullBackend(BaseBackend[M, S]):
     def _pieces(self, request: GenerateRequest[S], cancel: threading.Event | None) -> Iterator[Piece]:
         """The token loop (holds the model while it runs; stops soon after ``cancel`` is set)."""
 
-    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+    def stream(self, request: GenerateRequest[S]) -> Generator[Piece, None, None]:
         """Generate in the caller's thread."""
         return self._mapped(self._pieces(request, None))
 
-    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+    def astream(self, request: GenerateRequest[S]) -> AsyncGenerator[Piece, None]:
         """Generate in one worker thread, handed to the event loop piece by piece."""
         return aiterate_in_thread(pull(lambda cancel: self._mapped(self._pieces(request, cancel))))
 
@@ -277,11 +277,11 @@ class PushBackend(BaseBackend[M, S]):
 
         return produce
 
-    def stream(self, request: GenerateRequest[S]) -> Iterator[Piece]:
+    def stream(self, request: GenerateRequest[S]) -> Generator[Piece, None, None]:
         """Generate in one worker; the caller reads pieces from one queue."""
         return iterate_in_thread(self._producer(request), name="langchain-localllm-generate", executor=self._executor())
 
-    def astream(self, request: GenerateRequest[S]) -> AsyncIterator[Piece]:
+    def astream(self, request: GenerateRequest[S]) -> AsyncGenerator[Piece, None]:
         """Generate in one worker; the event loop reads pieces from one queue."""
         return aiterate_in_thread(
             self._producer(request), name="langchain-localllm-generate", executor=self._executor()

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import queue
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from typing import Generic, TypeAlias, TypeVar
 
 __all__ = ["Cancelled", "Producer", "aiterate_in_thread", "iterate_in_thread", "pull"]
@@ -79,7 +79,7 @@ def iterate_in_thread(
     *,
     name: str = "langchain-localllm-producer",
     executor: concurrent.futures.Executor | None = None,
-) -> Iterator[T]:
+) -> Generator[T, None, None]:
     """Run ``producer(emit, cancel)`` in a worker thread and yield what it emits.
 
     ``emit(item)`` hands an item to the consumer; after the consumer has stopped it

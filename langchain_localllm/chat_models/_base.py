@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing, closing
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -22,7 +23,7 @@ from langchain_core.runnables import Runnable
 from langchain_localllm._core.backend import BaseBackend, ChatPrompt, GenerateRequest
 from langchain_localllm._core.messages import to_chat_dicts
 from langchain_localllm._core.model import LocalModel
-from langchain_localllm._core.output import ChunkAggregate, Piece
+from langchain_localllm._core.output import ChunkAggregate
 from langchain_localllm._core.settings import Settings, check_known
 from langchain_localllm._core.stop import merge_stops
 from langchain_localllm._core.structured import with_structured_output
@@ -62,12 +63,6 @@ class LocalChatModel(LocalModel, BaseChatModel):
         del options
         return self._backend()
 
-    def _pieces(self, backend: BaseBackend[Any, Any], request: GenerateRequest[Any]) -> Iterator[Piece]:
-        return backend.stream(request)
-
-    def _apieces(self, backend: BaseBackend[Any, Any], request: GenerateRequest[Any]) -> AsyncIterator[Piece]:
-        return backend.astream(request)
-
     # -- the one generation path --------------------------------------------------------
 
     def _request(
@@ -92,13 +87,14 @@ class LocalChatModel(LocalModel, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         backend, request, plan = self._request(messages, stop, kwargs)
         name = self._model_label(kwargs)
-        for piece in self._pieces(backend, request):
-            chunk = plan.chunk(piece, model_name=name, provider=backend.provider)
-            if chunk is None:
-                continue
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        with closing(backend.stream(request)) as pieces:
+            for piece in pieces:
+                chunk = plan.chunk(piece, model_name=name, provider=backend.provider)
+                if chunk is None:
+                    continue
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
     async def _astream(
         self,
@@ -109,8 +105,7 @@ class LocalChatModel(LocalModel, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         backend, request, plan = self._request(messages, stop, kwargs)
         name = self._model_label(kwargs)
-        pieces = self._apieces(backend, request)
-        try:
+        async with aclosing(backend.astream(request)) as pieces:
             async for piece in pieces:
                 chunk = plan.chunk(piece, model_name=name, provider=backend.provider)
                 if chunk is None:
@@ -118,10 +113,6 @@ class LocalChatModel(LocalModel, BaseChatModel):
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-        finally:
-            aclose = getattr(pieces, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     def _generate(
         self,

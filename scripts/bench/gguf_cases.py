@@ -19,8 +19,8 @@ DECODE_PROMPT = "Once upon a time in a little flower shop"
 
 
 def _llama_of(llm: LocalGGMLLLM) -> Any:
-    with llm._use_model() as entry:
-        return entry.model
+    with llm._backend().hold() as model:
+        return model
 
 
 def long_prompt(model: Any, n_tokens: int, salt: int = 0) -> str:

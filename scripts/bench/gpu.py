@@ -104,7 +104,7 @@ def main() -> int:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from langchain_localllm import HFLocalChatModel
-    from langchain_localllm._device import call_on_device_thread
+    from langchain_localllm._backends.transformers.device import call_on_device_thread
 
     run = Run(args.out, args.budget_s, args.steps)
     dev = args.device
