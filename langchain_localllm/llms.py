@@ -193,5 +193,5 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
             info = generation.generation_info or {}
             for key in usage:
                 usage[key] += int(info.get(key, 0))
-        model_name = self._backend().model_name()
+        model_name = self._model_label({})
         return LLMResult(generations=generations, llm_output={"token_usage": usage, "model_name": model_name})

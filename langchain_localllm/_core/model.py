@@ -31,6 +31,8 @@ class LocalModel(BaseModel):
 
     _backend_slot: BaseBackend[Any, Any] | None = PrivateAttr(default=None)
     _ls_model_type: ClassVar[str] = "chat"
+    _provider: ClassVar[str]
+    """The backend's provider name (LangSmith's ``ls_provider``, ``model_provider`` in metadata)."""
 
     @field_validator("stop")
     @classmethod
@@ -83,9 +85,8 @@ class LocalModel(BaseModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         """LangSmith's standard parameters: provider, model, type, temperature, max_tokens, stops."""
-        backend = self._backend()
         params = LangSmithParams(
-            ls_provider=backend.provider,
+            ls_provider=self._provider,
             ls_model_name=str(kwargs.get("model") or self._model_label(kwargs)),
             ls_model_type="llm" if self._ls_model_type == "llm" else "chat",
             ls_temperature=kwargs.get("temperature", getattr(self, "temperature", None)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
@@ -147,6 +147,8 @@ class HFLocalChatModel(HFSamplingFields, HFLoadFields, LocalChatModel):
             "stop": self.stop,
             "generate_kwargs": self.generate_kwargs,
         }
+
+    _provider: ClassVar[str] = TransformersBackend.provider
 
     def _model_label(self, kwargs: dict[str, Any]) -> str:
         override = kwargs.get("model")

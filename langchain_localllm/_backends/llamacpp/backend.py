@@ -12,7 +12,7 @@ from langchain_localllm._backends.llamacpp.generate import generate_pieces
 from langchain_localllm._backends.llamacpp.gguf import file_identity
 from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
 from langchain_localllm._backends.llamacpp.load import LlamaModel, load_llama, native_logger, tokenize_prompt
-from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling
+from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling, gguf_model_name
 from langchain_localllm._backends.llamacpp.template import render_chat_template
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
 from langchain_localllm._core.hub import offline
@@ -41,6 +41,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
         self.settings: LoadSettings = settings
         self.verbose = verbose
         self._path: Path | None = None
+        self._load_key = settings.load_key()
         self._grammars = SchemaGrammars()
         self._warned_no_template = False
         self._lock = threading.Lock()
@@ -49,10 +50,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
 
     def model_name(self) -> str:
         """``repo_id/filename``, or the file's name without ``.gguf``."""
-        s = self.settings
-        if s.repo_id is not None:
-            return f"{s.repo_id}/{s.filename}"
-        return (s.model_path or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
+        return gguf_model_name(self.settings)
 
     def model_file(self) -> Path:
         """The GGUF file (downloaded from the Hub only if allowed). Memoized."""
@@ -98,7 +96,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
         """File identity (real path, size, mtime) plus how it is loaded."""
         path = self.model_file()
         try:
-            return ("llama_cpp", file_identity(path), self.settings.load_key())
+            return ("llama_cpp", file_identity(path), self._load_key)
         except FileNotFoundError as e:
             msg = f"model file not found: {path}"
             raise ModelNotFoundError(msg) from e

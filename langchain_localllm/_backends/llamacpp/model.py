@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_localllm._backends.llamacpp.backend import LlamaCppBackend
 from langchain_localllm._backends.llamacpp.settings import (
@@ -10,6 +10,7 @@ from langchain_localllm._backends.llamacpp.settings import (
     LlamaCppSamplingFields,
     LoadSettings,
     Sampling,
+    gguf_model_name,
 )
 from langchain_localllm._core.model import LocalModel
 from langchain_localllm._core.settings import Settings, check_known
@@ -19,6 +20,12 @@ __all__ = ["LlamaCppModel"]
 
 class LlamaCppModel(LlamaCppSamplingFields, LlamaCppLoadFields, LocalModel):
     """The fields of ``LocalGGMLLLM`` and ``LocalGGMLChatModel``, over one :class:`LlamaCppBackend`."""
+
+    _provider: ClassVar[str] = LlamaCppBackend.provider
+
+    def _model_label(self, kwargs: dict[str, Any]) -> str:
+        del kwargs
+        return gguf_model_name(self)
 
     def _load_settings(self) -> LoadSettings:
         return LoadSettings.of(self, logits_all=self.logprobs is not None)

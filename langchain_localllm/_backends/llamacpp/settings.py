@@ -16,10 +16,17 @@ from pydantic import Field, model_validator
 
 from langchain_localllm._core.settings import FieldGroup, Settings, hashable
 
-__all__ = ["LlamaCppLoadFields", "LlamaCppSamplingFields", "LoadSettings", "Sampling"]
+__all__ = ["LlamaCppLoadFields", "LlamaCppSamplingFields", "LoadSettings", "Sampling", "gguf_model_name"]
 
 SOURCE_FIELDS: set[str] = {"model_path", "repo_id", "filename", "revision", "cache_dir", "local_files_only"}
 """Load fields that say where the file is, not how llama.cpp loads it."""
+
+
+def gguf_model_name(fields: LlamaCppLoadFields) -> str:
+    """``repo_id/filename``, or the file's name without ``.gguf`` (the name reported in metadata)."""
+    if fields.repo_id is not None:
+        return f"{fields.repo_id}/{fields.filename}"
+    return (fields.model_path or "").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
 
 
 class LlamaCppLoadFields(FieldGroup):
