@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from langchain_localllm import ChatTemplateError
-from langchain_localllm._backends.llamacpp.template import render_chat_template
+from langchain_localllm._core.template import render_chat_template
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -13,11 +13,11 @@ from langchain_localllm._backends.llamacpp.gguf import file_identity
 from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
 from langchain_localllm._backends.llamacpp.load import LlamaModel, load_llama, native_logger, tokenize_prompt
 from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling, gguf_model_name
-from langchain_localllm._backends.llamacpp.template import render_chat_template
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
 from langchain_localllm._core.hub import offline
 from langchain_localllm._core.messages import fold_system
 from langchain_localllm._core.output import Piece
+from langchain_localllm._core.template import render_chat_template
 from langchain_localllm.errors import (
     ChatTemplateError,
     GenerationError,
@@ -134,7 +134,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
                     model.info.path,
                 )
             return tokenize_prompt(model, prompt.raw_fallback)
-        variables = {"bos_token": model.bos_text, "eos_token": model.eos_text}
+        variables: dict[str, Any] = {"bos_token": model.bos_text, "eos_token": model.eos_text}
         messages = prompt.messages
         try:
             text = render_chat_template(template, messages, add_generation_prompt=True, tools=prompt.tools, **variables)
