@@ -22,6 +22,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_localllm import ContextWindowExceededError, clear_model_cache, model_cache_info
 from langchain_localllm._cache import model_cache
+from langchain_localllm._device import THREAD_NAME
 from langchain_localllm.chat_models import HFLocalChatModel
 
 from .conftest import CHATS, MODELS, ChatExample, chat_answer
@@ -62,7 +63,16 @@ def messages_of(ex: ChatExample) -> list[BaseMessage]:
 
 
 def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("langchain-localllm")]
+    """Per-call bridge threads still alive.
+
+    The process-wide CUDA worker (``langchain_localllm._device.THREAD_NAME``) is not one:
+    it lives for the rest of the process once a GPU test has used it.
+    """
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("langchain-localllm") and not t.name.startswith(THREAD_NAME)
+    ]
 
 
 async def no_bridge_threads_soon() -> bool:

@@ -23,6 +23,7 @@ from langchain_localllm import (
     clear_model_cache,
     model_cache_info,
 )
+from langchain_localllm._device import THREAD_NAME
 from langchain_localllm._llamacpp import tokenize_prompt
 
 from .conftest import BAD, CHATS, COMPLETIONS, chat_answer
@@ -38,7 +39,16 @@ def llm(gguf_path: Path) -> LocalGGMLLLM:
 
 
 def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("langchain-localllm")]
+    """Per-call bridge threads still alive.
+
+    The process-wide CUDA worker (``langchain_localllm._device.THREAD_NAME``) is not one:
+    it lives for the rest of the process once a GPU test has used it.
+    """
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("langchain-localllm") and not t.name.startswith(THREAD_NAME)
+    ]
 
 
 async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:
