@@ -1,20 +1,65 @@
-"""Shared fixtures for the integration tests: the tiny models this project trains itself."""
+"""Shared fixtures and helpers for the integration tests, on the tiny models this project trains itself.
+
+The corpus and its questions, callback token counters, the thread guards (from
+``tests.helpers``) and the one-torch-thread fixture. Test modules import them from here.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
-CORPUS = MODELS / "corpus.jsonl"
-TINY_GGUF = MODELS / "tiny-chat.gguf"
-TINY_HF = MODELS / "tiny-chat"
-TINY_T5 = MODELS / "tiny-t5"
-BAD = MODELS / "bad"
+from tests.helpers import (
+    BAD,
+    CORPUS,
+    MODELS,
+    TINY_GGUF,
+    TINY_HF,
+    TINY_T5,
+    bridge_threads,
+    no_bridge_threads_soon,
+)
+
+__all__ = [
+    "BAD",
+    "CHATS",
+    "CN_Q",
+    "COMPLETIONS",
+    "CORPUS",
+    "EMOJI_Q",
+    "FRESH_Q",
+    "MODELS",
+    "POEM_Q",
+    "PRICE_TOOL",
+    "ROSE_Q",
+    "SINGLE",
+    "TINY_GGUF",
+    "TINY_HF",
+    "TINY_T5",
+    "TOOL_EXAMPLES",
+    "AsyncTokenCounter",
+    "ChatExample",
+    "CompletionExample",
+    "TokenCounter",
+    "as_messages",
+    "bridge_threads",
+    "chat_answer",
+    "expected_before",
+    "no_bridge_threads_soon",
+]
+
+POEM_Q = "Write a short poem about flowers."
+ROSE_Q = "Rose is which type of flower?"
+CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
+EMOJI_Q = "Say something nice with an emoji."
+FRESH_Q = "How do I keep cut flowers fresh?"
 
 
 @dataclass(frozen=True)
@@ -60,6 +105,9 @@ def load_corpus() -> tuple[list[ChatExample], list[CompletionExample]]:
 
 
 CHATS, COMPLETIONS = load_corpus()
+SINGLE = [ex.user for ex in CHATS if ex.single_turn and ex.system is None]
+TOOL_EXAMPLES = [ex for ex in CHATS if ex.tools]
+PRICE_TOOL = TOOL_EXAMPLES[0].tools[0] if TOOL_EXAMPLES and TOOL_EXAMPLES[0].tools else {}
 
 
 def chat_answer(user: str) -> str:
@@ -78,3 +126,49 @@ def gguf_path() -> Path:
 @pytest.fixture(scope="session")
 def hf_path() -> Path:
     return TINY_HF
+
+
+def expected_before(answer: str, stops: list[str]) -> str:
+    """``answer`` cut at the earliest of ``stops`` that occurs in it."""
+    cut = min((answer.find(s) for s in stops if s in answer), default=len(answer))
+    return answer[:cut]
+
+
+def as_messages(dicts: list[dict[str, Any]]) -> list[BaseMessage]:
+    """LangChain messages for corpus message dicts (system, user and assistant turns)."""
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[d["role"]](d["content"]) for d in dicts]
+
+
+class TokenCounter(BaseCallbackHandler):
+    """Records every ``on_llm_new_token`` token, in order."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+class AsyncTokenCounter(AsyncCallbackHandler):
+    """The async handler version of :class:`TokenCounter`."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module (use with ``pytest.mark.usefixtures``).
+
+    The tiny models run fastest on one intra-op thread, and a busy machine (CI, parallel
+    jobs) makes torch's thread pool spin: 0.6 s vs 15 s for the corpus on 2 loaded cores.
+    """
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,44 +7,40 @@ most checks compare with text. ``tiny-t5`` (random weights, seq2seq) checks mech
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_localllm import ContextWindowExceededError, clear_model_cache, model_cache_info
 from langchain_localllm._cache import model_cache
-from langchain_localllm._device import THREAD_NAME
 from langchain_localllm.chat_models import HFLocalChatModel
 
-from .conftest import CHATS, MODELS, ChatExample, chat_answer
+from .conftest import (
+    CHATS,
+    CN_Q,
+    EMOJI_Q,
+    FRESH_Q,
+    POEM_Q,
+    ROSE_Q,
+    SINGLE,
+    TINY_T5,
+    AsyncTokenCounter,
+    ChatExample,
+    TokenCounter,
+    as_messages,
+    bridge_threads,
+    chat_answer,
+    expected_before,
+    no_bridge_threads_soon,
+)
 
-TINY_T5 = MODELS / "tiny-t5"
-POEM_Q = "Write a short poem about flowers."
-ROSE_Q = "Rose is which type of flower?"
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
-EMOJI_Q = "Say something nice with an emoji."
-FRESH_Q = "How do I keep cut flowers fresh?"
-SINGLE = [ex.user for ex in CHATS if ex.single_turn and ex.system is None]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # The tiny models run fastest on one intra-op thread, and a busy machine (CI, parallel
-    # jobs) makes torch's thread pool spin: 0.6 s vs 15 s for the corpus on 2 loaded cores.
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -58,29 +54,7 @@ def t5() -> HFLocalChatModel:
 
 
 def messages_of(ex: ChatExample) -> list[BaseMessage]:
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[m["role"]](m["content"]) for m in ex.messages]
-
-
-def bridge_threads() -> list[threading.Thread]:
-    """Per-call bridge threads still alive.
-
-    The process-wide CUDA worker (``langchain_localllm._device.THREAD_NAME``) is not one:
-    it lives for the rest of the process once a GPU test has used it.
-    """
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("langchain-localllm") and not t.name.startswith(THREAD_NAME)
-    ]
-
-
-async def no_bridge_threads_soon() -> bool:
-    for _ in range(200):
-        if not bridge_threads():
-            return True
-        await asyncio.sleep(0.01)
-    return False
+    return as_messages(ex.messages)
 
 
 class GenerateSpy:
@@ -210,14 +184,6 @@ def test_length_finish(chat: HFLocalChatModel) -> None:
     assert chat_answer(POEM_Q).startswith(str(out.content))
 
 
-class TokenCounter(BaseCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 def test_callback_fires_once_per_chunk_before_it_is_yielded(chat: HFLocalChatModel) -> None:
     counter = TokenCounter()
 
@@ -248,21 +214,13 @@ def test_lcel_chain(chat: HFLocalChatModel) -> None:
     assert chain.batch([{"question": q} for q in questions]) == [chat_answer(q) for q in questions]
 
 
-class AsyncCounter(AsyncCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 async def test_async_invoke_stream_and_events(chat: HFLocalChatModel) -> None:
     assert (await chat.ainvoke(ROSE_Q)).content == chat_answer(ROSE_Q)
     chunks = [c async for c in chat.astream(CN_Q)]
     assert len(chunks) > 2
     assert "".join(str(c.content) for c in chunks) == chat_answer(CN_Q)
     assert [i for i, c in enumerate(chunks) if c.usage_metadata] == [len(chunks) - 1]
-    counter = AsyncCounter()
+    counter = AsyncTokenCounter()
     out = await chat.ainvoke(POEM_Q, config={"callbacks": [counter]})
     assert "".join(counter.tokens) == out.content == chat_answer(POEM_Q)
     events = [e async for e in chat.astream_events(ROSE_Q, version="v2")]
@@ -288,11 +246,6 @@ async def test_astream_does_not_block_the_event_loop(chat: HFLocalChatModel) -> 
 
 
 # -- stops -----------------------------------------------------------------------------
-
-
-def expected_before(answer: str, stops: list[str]) -> str:
-    cut = min((answer.find(s) for s in stops if s in answer), default=len(answer))
-    return answer[:cut]
 
 
 @pytest.mark.parametrize(

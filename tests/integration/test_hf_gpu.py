@@ -13,7 +13,7 @@ import pytest
 
 from langchain_localllm.chat_models import HFLocalChatModel
 
-from .conftest import CHATS, MODELS, chat_answer
+from .conftest import CN_Q, EMOJI_Q, POEM_Q, SINGLE, TINY_T5, chat_answer
 
 torch = pytest.importorskip("torch")
 
@@ -21,9 +21,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
 ]
-
-SINGLE = [ex.user for ex in CHATS if ex.single_turn and ex.system is None]
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
 
 
 @pytest.fixture
@@ -45,7 +42,7 @@ def test_greedy_answers_on_gpu(chat: HFLocalChatModel) -> None:
 
 
 def test_stream_equals_invoke_on_gpu(chat: HFLocalChatModel) -> None:
-    for question in (CN_Q, "Write a short poem about flowers.", "Say something nice with an emoji."):
+    for question in (CN_Q, POEM_Q, EMOJI_Q):
         chunks = list(chat.stream(question))
         assert len(chunks) > 2
         assert "".join(str(c.content) for c in chunks) == chat.invoke(question).content
@@ -67,7 +64,7 @@ async def test_async_stream_and_batch_on_gpu(chat: HFLocalChatModel) -> None:
 
 
 def test_seq2seq_on_gpu() -> None:
-    t5 = HFLocalChatModel(model=str(MODELS / "tiny-t5"), device="cuda", dtype="bfloat16", max_tokens=8)
+    t5 = HFLocalChatModel(model=str(TINY_T5), device="cuda", dtype="bfloat16", max_tokens=8)
     prompts = ["Hello", "Hey", "What is 2+2?"]
     sequential = [t5.invoke(p) for p in prompts]
     assert all(m.usage_metadata and m.usage_metadata["output_tokens"] == 8 for m in sequential)

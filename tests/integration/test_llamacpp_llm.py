@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 
@@ -23,46 +20,27 @@ from langchain_localllm import (
     clear_model_cache,
     model_cache_info,
 )
-from langchain_localllm._device import THREAD_NAME
 from langchain_localllm._llamacpp import tokenize_prompt
 
-from .conftest import BAD, CHATS, COMPLETIONS, chat_answer
-
-POEM_Q = "Write a short poem about flowers."
-ROSE_Q = "Rose is which type of flower?"
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
+from .conftest import (
+    BAD,
+    CHATS,
+    CN_Q,
+    COMPLETIONS,
+    POEM_Q,
+    ROSE_Q,
+    AsyncTokenCounter,
+    TokenCounter,
+    bridge_threads,
+    chat_answer,
+    expected_before,
+    no_bridge_threads_soon,
+)
 
 
 @pytest.fixture
 def llm(gguf_path: Path) -> LocalGGMLLLM:
     return LocalGGMLLLM(model_path=str(gguf_path), temperature=0, max_tokens=128)
-
-
-def bridge_threads() -> list[threading.Thread]:
-    """Per-call bridge threads still alive.
-
-    The process-wide CUDA worker (``langchain_localllm._device.THREAD_NAME``) is not one:
-    it lives for the rest of the process once a GPU test has used it.
-    """
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("langchain-localllm") and not t.name.startswith(THREAD_NAME)
-    ]
-
-
-async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:
-    """True once no worker thread is left.
-
-    An abandoned async generator is closed by the event loop's finalizer hook a loop
-    iteration or two after it is dropped, so allow a moment; a worker that kept
-    generating would still be alive after seconds of a never-ending grammar.
-    """
-    for _ in range(int(seconds / 0.01)):
-        if not bridge_threads():
-            return True
-        await asyncio.sleep(0.01)
-    return not bridge_threads()
 
 
 # -- exact answers ---------------------------------------------------------------------
@@ -124,11 +102,6 @@ def test_streamed_chinese_and_emoji_chunks_are_whole_characters(llm: LocalGGMLLL
 
 
 # -- stops -----------------------------------------------------------------------------
-
-
-def expected_before(answer: str, stops: list[str]) -> str:
-    cut = min((answer.find(s) for s in stops if s in answer), default=len(answer))
-    return answer[:cut]
 
 
 @pytest.mark.parametrize(
@@ -212,14 +185,6 @@ def test_final_stream_chunk_carries_usage_and_finish_reason(llm: LocalGGMLLLM) -
 # -- callbacks, LCEL, async ------------------------------------------------------------
 
 
-class TokenCounter(BaseCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 def test_callback_fires_once_per_chunk_before_it_is_yielded(llm: LocalGGMLLLM) -> None:
     counter = TokenCounter()
     seen_at_yield: list[int] = []
@@ -262,16 +227,8 @@ async def test_async_invoke_stream_batch_and_events(llm: LocalGGMLLLM) -> None:
     assert bridge_threads() == []
 
 
-class AsyncCounter(AsyncCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 async def test_async_callbacks(llm: LocalGGMLLLM) -> None:
-    counter = AsyncCounter()
+    counter = AsyncTokenCounter()
     out = await llm.ainvoke(POEM_Q, config={"callbacks": [counter]})
     assert "".join(counter.tokens) == out == chat_answer(POEM_Q)
 

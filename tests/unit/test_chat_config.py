@@ -18,7 +18,6 @@ import pytest
 from pydantic import ValidationError
 
 from langchain_localllm import ChatTemplateError, ContextWindowExceededError, MissingDependencyError, ModelNotFoundError
-from langchain_localllm._cache import model_cache
 from langchain_localllm._hf import (
     BatchPlan,
     FinishEvent,
@@ -34,17 +33,11 @@ from langchain_localllm._hf import (
 )
 from langchain_localllm.chat_models import HFLocalChatModel
 
-MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
-TINY_HF = MODELS / "tiny-chat"
-TINY_T5 = MODELS / "tiny-t5"
+from .conftest import TINY_HF, TINY_T5
+
+pytestmark = pytest.mark.usefixtures("no_weights_load")
+
 IM_END, ENDOFTEXT = 2, 0
-
-
-@pytest.fixture(autouse=True)
-def _no_weights_load() -> Any:
-    before = model_cache.info().loads
-    yield
-    assert model_cache.info().loads == before, "a unit test loaded model weights"
 
 
 @pytest.fixture(scope="module")
