@@ -52,7 +52,9 @@ __all__ = [
     "bridge_threads",
     "chat_answer",
     "expected_before",
+    "gguf_metadata",
     "no_bridge_threads_soon",
+    "write_gguf_variant",
 ]
 
 POEM_Q = "Write a short poem about flowers."
@@ -172,3 +174,42 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def gguf_metadata(path: Path, key: str) -> Any:
+    """One metadata value of a GGUF file, read with the ``gguf`` package."""
+    gguf = pytest.importorskip("gguf")
+    return gguf.GGUFReader(str(path)).fields[key].contents()
+
+
+def write_gguf_variant(dst: Path, changes: dict[str, Any], src: Path = TINY_GGUF) -> Path:
+    """Copy the GGUF ``src`` to ``dst`` with some metadata values replaced; returns ``dst``.
+
+    Every key of ``changes`` must already be in ``src`` (its value type is kept). The
+    tensors are copied as they are, so the variant answers like the fixture unless the
+    changed metadata changes the prompt. Build variants in ``tmp_path``; commit none.
+    """
+    gguf = pytest.importorskip("gguf")
+    reader = gguf.GGUFReader(str(src))
+    missing = set(changes) - set(reader.fields)
+    assert not missing, f"{src.name} has no {sorted(missing)}"
+    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        # GGUF.* are the header's virtual fields; GGUFWriter writes them and the architecture itself.
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        kind = field.types[0]
+        sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        value = changes[field.name] if field.name in changes else field.contents()
+        writer.add_key_value(field.name, value, kind, sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(
+            tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.close()
+    return dst

@@ -29,12 +29,15 @@ from .conftest import (
     COMPLETIONS,
     POEM_Q,
     ROSE_Q,
+    TINY_GGUF,
     AsyncTokenCounter,
     TokenCounter,
     bridge_threads,
     chat_answer,
     expected_before,
+    gguf_metadata,
     no_bridge_threads_soon,
+    write_gguf_variant,
 )
 
 
@@ -85,7 +88,37 @@ def test_rendered_prompt_uses_the_gguf_template_and_has_no_double_bos(llm: Local
         assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
         assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
         tokens = tokenize_prompt(model, text)
-    assert tokens.count(model.bos_id) <= 1 if model.bos_id is not None else True
+        # The fixture's tokenizer does not add BOS (tokenizer.ggml.add_bos_token = False): none is added.
+        assert (model.add_bos, model.bos_id) == (False, 0)
+        assert tokens == model.llama.tokenize(text.encode(), add_bos=False, special=True)
+        assert model.bos_id not in tokens
+
+
+@pytest.mark.parametrize("template_renders_bos", [False, True], ids=["bos-added", "bos-in-template"])
+def test_a_bos_adding_tokenizer_gets_exactly_one_bos(tmp_path: Path, template_renders_bos: bool) -> None:
+    # The fixture with tokenizer.ggml.add_bos_token = True (its BOS is id 0, <|endoftext|>);
+    # in the second case the chat template also renders {{ bos_token }} itself, as many do.
+    template = gguf_metadata(TINY_GGUF, "tokenizer.chat_template")
+    changes: dict[str, object] = {"tokenizer.ggml.add_bos_token": True}
+    if template_renders_bos:
+        changes["tokenizer.chat_template"] = "{{ bos_token }}" + template
+    path = write_gguf_variant(tmp_path / "bos.gguf", changes)
+    llm = LocalGGMLLLM(model_path=str(path), temperature=0, max_tokens=128)
+    with llm._use_model() as entry:
+        model = entry.model
+        assert (model.add_bos, model.bos_id, model.bos_text) == (True, 0, "<|endoftext|>")
+        text = llm._format_prompt(model, ROSE_Q)
+        assert text.startswith("<|endoftext|><|im_start|>system\n" if template_renders_bos else "<|im_start|>system\n")
+        body = model.llama.tokenize(text.removeprefix("<|endoftext|>").encode(), add_bos=False, special=True)
+        assert tokenize_prompt(model, text) == [model.bos_id, *body]
+    # ...and exactly that is what the model evaluates: one BOS, then the template's tokens.
+    gen = llm.generate([ROSE_Q]).generations[0][0]
+    assert (gen.generation_info or {})["prompt_tokens"] == 1 + len(body)
+    with llm._use_model() as entry:
+        evaluated = [int(t) for t in entry.model.llama.input_ids[: 1 + len(body)]]
+    assert evaluated == [0, *body]
+    assert gen.text == chat_answer(ROSE_Q)  # same weights: one leading BOS does not change the answer
+    assert llm.unload() is True
 
 
 def test_invoke_equals_concatenated_stream(llm: LocalGGMLLLM) -> None:
