@@ -475,11 +475,35 @@ def test_prompt_longer_than_the_context(gguf_path: Path) -> None:
     assert "64" in str(info.value)
 
 
-def test_generation_stops_when_the_context_is_full(gguf_path: Path) -> None:
-    llm = LocalGGMLLLM(model_path=str(gguf_path), n_ctx=48, max_tokens=None, prompt_format="raw", temperature=0)
+@pytest.mark.parametrize("max_tokens", [None, 1000], ids=["no-max-tokens", "max-tokens-beyond-the-window"])
+def test_generation_stops_when_the_context_is_full(gguf_path: Path, max_tokens: int | None) -> None:
+    # A grammar that never completes forbids end-of-text, so only the full window ends
+    # generation (unprompted, the model ends "1, 2, 3," with EOS after 16 tokens).
+    llm = LocalGGMLLLM(
+        model_path=str(gguf_path),
+        n_ctx=48,
+        max_tokens=max_tokens,
+        prompt_format="raw",
+        temperature=0,
+        grammar='root ::= "rose " root',
+    )
+    with llm._use_model() as entry:
+        n_prompt = len(tokenize_prompt(entry.model, "1, 2, 3,"))
+    assert n_prompt == 6
+    full = {
+        "finish_reason": "length",
+        "stop_sequence": None,
+        "prompt_tokens": n_prompt,
+        "completion_tokens": 48 - n_prompt,  # exactly the room the prompt left in the window
+        "total_tokens": 48,
+    }
     gen = llm.generate(["1, 2, 3,"]).generations[0][0]
-    info = gen.generation_info or {}
-    assert info["total_tokens"] <= 48
+    assert gen.generation_info == full
+    assert ("rose " * 48).startswith(gen.text)
+    assert len(gen.text) > 40
+    chunks = list(llm._stream("1, 2, 3,"))
+    assert chunks[-1].generation_info == full
+    assert "".join(c.text for c in chunks) == gen.text
 
 
 def test_threads_racing_for_a_cold_model_load_it_once(gguf_path: Path) -> None:
