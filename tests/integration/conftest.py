@@ -54,6 +54,7 @@ __all__ = [
     "expected_before",
     "gguf_metadata",
     "no_bridge_threads_soon",
+    "raw_greedy",
     "write_gguf_variant",
 ]
 
@@ -213,3 +214,27 @@ def write_gguf_variant(dst: Path, changes: dict[str, Any], src: Path = TINY_GGUF
         writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
     writer.close()
     return dst
+
+
+def raw_greedy(bundle: Any, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+    """Greedy ``model.generate`` of a loaded HF bundle on ``prompt_ids``, around the package.
+
+    Returns the new token ids before the first EOS, and whether an EOS ended generation
+    (``False``: ``max_new_tokens`` did). For a seq2seq model the decoder's start token
+    is not a new token.
+    """
+    torch = pytest.importorskip("torch")
+    model = bundle.model
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(bundle.eos_ids),
+            pad_token_id=bundle.pad_id,
+        )
+    new = [int(t) for t in out[0][1 if bundle.is_seq2seq else len(prompt_ids) :]]
+    ends = [i for i, t in enumerate(new) if t in bundle.eos_ids]
+    return (new[: ends[0]], True) if ends else (new, False)

@@ -38,6 +38,7 @@ from .conftest import (
     chat_answer,
     expected_before,
     no_bridge_threads_soon,
+    raw_greedy,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -491,25 +492,41 @@ def test_answer_is_capped_by_the_context_window(chat: HFLocalChatModel) -> None:
 
 
 def test_seq2seq_mechanics(t5: HFLocalChatModel) -> None:
-    out = t5.invoke("Hello")
-    text = str(out.content)
+    prompts = ["Hello", "Hey", "What is 2+2?", "hi"]
     with t5._use_bundle() as bundle:
         assert bundle.is_seq2seq
-        prompt_ids = bundle.tokenizer("Hello")["input_ids"]  # plain-text fallback: no chat template
-    assert out.usage_metadata is not None
-    assert out.usage_metadata["input_tokens"] == len(prompt_ids)
-    assert out.usage_metadata["output_tokens"] == 12
-    assert out.response_metadata["finish_reason"] == "length"
-    assert text and "Hello" not in text  # decoder output only
+        tok = bundle.tokenizer
+        # No chat template: a single user message is sent as its text (the tokenizer appends </s>).
+        prompt_ids = {p: tok(p)["input_ids"] for p in prompts}
+        raw = {p: raw_greedy(bundle, ids, 12) for p, ids in prompt_ids.items()}
+    assert all(not ended and len(new) == 12 for new, ended in raw.values())  # random weights: no EOS in 12
+    assert len({tuple(new) for new, _ in raw.values()}) > 1  # the encoder input reaches the decoder
+    for p in prompts:
+        out = t5.invoke(p)
+        # exactly the decoder's new tokens, as raw greedy generate gives them: no prompt, no start token
+        assert out.content == tok.decode(raw[p][0]), p
+        n_prompt = len(prompt_ids[p])
+        assert out.usage_metadata == {"input_tokens": n_prompt, "output_tokens": 12, "total_tokens": n_prompt + 12}
+        assert out.response_metadata["finish_reason"] == "length"
+    text = str(t5.invoke("Hello").content)
+    assert len(text) == 12  # one character per byte-level token
     assert "".join(str(c.content) for c in t5.stream("Hello")) == text
-    # stop strings work on seq2seq output too
+    # A stop string cuts seq2seq output too, and ends generation where it completes.
     stop = text[3:5]
     stopped = t5.invoke("Hello", stop=[stop])
     assert stopped.content == text[: text.find(stop)]
     assert stopped.response_metadata["finish_reason"] == "stop"
-    # conversations use the documented plain-text fallback
+    assert stopped.usage_metadata is not None
+    assert stopped.usage_metadata["output_tokens"] == text.find(stop) + len(stop)
+    # A conversation uses the documented plain-text fallback: one "Role: text" line per message.
     history = [SystemMessage("Be brief."), HumanMessage("hello"), AIMessage("hi"), HumanMessage("how are you")]
-    assert isinstance(t5.invoke(history).content, str)
+    with t5._use_bundle() as bundle:
+        ids = tok("System: Be brief.\nUser: hello\nAssistant: hi\nUser: how are you")["input_ids"]
+        new, _ = raw_greedy(bundle, ids, 12)
+    out = t5.invoke(history)
+    assert out.usage_metadata is not None
+    assert out.usage_metadata["input_tokens"] == len(ids)
+    assert out.content == tok.decode(new)
 
 
 async def test_seq2seq_async(t5: HFLocalChatModel) -> None:
