@@ -564,9 +564,26 @@ def test_tool_message_histories_render_and_run(chat: HFLocalChatModel) -> None:
 
 
 def test_names_and_repeated_roles(chat: HFLocalChatModel) -> None:
-    assert chat.invoke([HumanMessage("Hello", name="example_user")]).content == chat_answer("Hello")
+    # A name reaches the template, which ignores it: the same prompt and answer as without.
+    named = chat.invoke([HumanMessage("Hello", name="example_user")])
+    assert named.content == chat_answer("Hello")
+    assert named.usage_metadata == chat.invoke("Hello").usage_metadata
+    # Consecutive messages of one role are merged into one turn, joined by a blank line.
     doubled = [SystemMessage("hello"), SystemMessage("hello"), HumanMessage("hello"), HumanMessage("hello")]
-    assert isinstance(chat.invoke(doubled).content, str)
+    merged = "<|im_start|>system\nhello\n\nhello<|im_end|>\n<|im_start|>user\nhello\n\nhello<|im_end|>\n<|im_start|>assistant\n"
+    with chat._use_bundle() as bundle:
+        tok = bundle.tokenizer
+        ids = tok.encode(merged, add_special_tokens=False)
+        new, ended = raw_greedy(bundle, ids, 128)
+    assert chat.get_num_tokens_from_messages(doubled) == len(ids)
+    out = chat.invoke(doubled)
+    assert out.content == tok.decode(new)  # what the model answers to the merged prompt
+    assert out.usage_metadata == {
+        "input_tokens": len(ids),
+        "output_tokens": len(new) + ended,
+        "total_tokens": len(ids) + len(new) + ended,
+    }
+    assert chat.invoke([SystemMessage("hello\n\nhello"), HumanMessage("hello\n\nhello")]).content == out.content
 
 
 # -- sampling --------------------------------------------------------------------------
