@@ -27,9 +27,11 @@ from .conftest import (
     EMOJI_Q,
     FRESH_Q,
     POEM_Q,
+    PRICE_TOOL,
     ROSE_Q,
     SINGLE,
     TINY_T5,
+    TOOL_EXAMPLES,
     AsyncTokenCounter,
     ChatExample,
     TokenCounter,
@@ -537,30 +539,64 @@ async def test_seq2seq_async(t5: HFLocalChatModel) -> None:
 # -- messages ----------------------------------------------------------------------------
 
 
+TOOL_HISTORY_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nHow much is a rose?<|im_end|>\n"
+    '<|im_start|>assistant\n<tool_call>\n{"name": "get_flower_price", "arguments": {"flower": "rose"}}\n'
+    "</tool_call><|im_end|>\n"
+    '<|im_start|>user\n<tool_response>\n{"price": 12}\n</tool_response><|im_end|>\n'
+    "<|im_start|>assistant\n"
+)
+
+
 def test_tool_message_histories_render_and_run(chat: HFLocalChatModel) -> None:
     from langchain_localllm._hf import render_prompt
     from langchain_localllm._messages import to_chat_dicts
 
+    call = {"name": "get_flower_price", "args": {"flower": "rose"}, "id": "c1", "type": "tool_call"}
     history: list[BaseMessage] = [
         HumanMessage("How much is a rose?"),
-        AIMessage(
-            "", tool_calls=[{"name": "get_flower_price", "args": {"flower": "rose"}, "id": "c1", "type": "tool_call"}]
-        ),
+        AIMessage("", tool_calls=[call]),
         ToolMessage('{"price": 12}', tool_call_id="c1", name="get_flower_price"),
     ]
     with chat._use_bundle() as bundle:
-        text = bundle.tokenizer.decode(render_prompt(bundle, to_chat_dicts(history)))
-    assert '<tool_call>\n{"name": "get_flower_price", "arguments": {"flower": "rose"}}\n</tool_call>' in text
-    assert '<tool_response>\n{"price": 12}\n</tool_response>' in text
-    assert isinstance(chat.invoke(history), AIMessage)
+        tok = bundle.tokenizer
+        assert tok.decode(render_prompt(bundle, to_chat_dicts(history))) == TOOL_HISTORY_PROMPT
+        ids = tok.encode(TOOL_HISTORY_PROMPT, add_special_tokens=False)
+        new, ended = raw_greedy(bundle, ids, 128)
+    # Without tools bound, the model gets exactly that prompt: the answer of raw greedy generate.
+    out = chat.invoke(history)
+    assert out.content == tok.decode(new)
+    assert out.usage_metadata is not None
+    assert out.usage_metadata["input_tokens"] == len(ids)
+    assert out.usage_metadata["output_tokens"] == len(new) + ended
+    # With the tool bound it is the corpus's tool conversation, answered exactly.
+    (trained,) = [ex for ex in TOOL_EXAMPLES if any(m["role"] == "tool" for m in ex.messages)]
+    bound = chat.bind_tools([PRICE_TOOL]).invoke(history)
+    assert bound.content == trained.answer == "A rose costs 12 yuan."
+    assert bound.tool_calls == []
+    # Content blocks: text blocks are joined and tool_use blocks dropped (tool_calls carries
+    # the call), so the turn renders, and is answered, like its plain-string form.
+    no_args = {"name": "get_flower_price", "args": {}, "id": "c1", "type": "tool_call"}
     blocks = AIMessage(
         [
-            {"type": "text", "text": "some text"},
+            {"type": "text", "text": "some "},
             {"type": "tool_use", "id": "c1", "name": "get_flower_price", "input": {}},
+            {"type": "text", "text": "text"},
         ],
-        tool_calls=[{"name": "get_flower_price", "args": {}, "id": "c1", "type": "tool_call"}],
+        tool_calls=[no_args],
     )
-    assert isinstance(chat.invoke([history[0], blocks, history[2]]), AIMessage)
+    plain = AIMessage("some text", tool_calls=[no_args])
+    with chat._use_bundle() as bundle:
+        with_blocks = render_prompt(bundle, to_chat_dicts([history[0], blocks, history[2]]))
+        assert with_blocks == render_prompt(bundle, to_chat_dicts([history[0], plain, history[2]]))
+        assert '<|im_start|>assistant\nsome text\n<tool_call>\n{"name": "get_flower_price", "arguments": {}}\n' in (
+            tok.decode(with_blocks)
+        )
+    answer = chat.invoke([history[0], blocks, history[2]])
+    assert answer.content == chat.invoke([history[0], plain, history[2]]).content
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata["input_tokens"] == len(with_blocks)
 
 
 def test_names_and_repeated_roles(chat: HFLocalChatModel) -> None:
