@@ -35,10 +35,11 @@ def test_loads_on_cuda_in_bfloat16(chat: HFLocalChatModel) -> None:
 
 
 def test_greedy_answers_on_gpu(chat: HFLocalChatModel) -> None:
-    matched = sum(chat.invoke(q).content == chat_answer(q) for q in SINGLE)
-    print(f"HFLocalChatModel cuda bfloat16: {matched}/{len(SINGLE)} corpus questions answered exactly")
-    # bfloat16 rounds the float32-trained weights; the training margin keeps nearly all exact.
-    assert matched >= 0.9 * len(SINGLE)
+    wrong = {q: out for q in SINGLE if (out := chat.invoke(q).content) != chat_answer(q)}
+    print(f"HFLocalChatModel cuda bfloat16: {len(SINGLE) - len(wrong)}/{len(SINGLE)} corpus questions answered exactly")
+    # bfloat16 rounds the float32-trained weights; the training margin keeps nearly all exact
+    # (not all: which ones flip depends on the GPU's kernels, so no single case is required).
+    assert len(wrong) <= 0.1 * len(SINGLE), wrong
 
 
 def test_stream_equals_invoke_on_gpu(chat: HFLocalChatModel) -> None:
