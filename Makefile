@@ -44,7 +44,7 @@ type: venv
 
 bench: venv
 	$(PIP) install --quiet -e ".[all,dev,bench]" "$(TORCH_PIN)"
-	$(PY) scripts/bench/run.py --update-docs $(ARGS)
+	$(PY) -m scripts.bench.run --update-docs $(ARGS)
 
 fixtures: venv
 	$(PY) scripts/train_tiny_model.py

@@ -1,25 +1,22 @@
-#!/usr/bin/env python
 """Does splitting a mixed-length batch by prompt length pay off? (raw transformers, CPU)
 
 Times one left-padded ``generate`` of the 16 mixed-length bench prompts against
 length-sorted groups of 8 and of 4 (64 new tokens each), and the prefill alone. The
 answer is quoted under comparison 6 in docs/performance.md.
 
-    python scripts/bench/batch_split.py [--hf .bench-models/bench-30m]
+    python -m scripts.bench.batch_split [--hf .bench-models/bench-30m]   # from the repo root
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from scripts.bench.hf_cases import batch_prompts, encode, load_raw
 
-from hf_cases import batch_prompts, encode, load_raw  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:

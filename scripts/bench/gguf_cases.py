@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Comparison, Goal, Stats, interleave, timed
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.llms import LLM
 
 from langchain_localllm import LocalGGMLLLM, clear_model_cache, model_cache_info
+from scripts.bench.harness import Comparison, Goal, Stats, interleave, timed
 
 DECODE_PROMPT = "Once upon a time in a little flower shop"
 

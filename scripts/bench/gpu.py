@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Comparison 8: comparisons 5 and 6 (HF streaming and batching) on a CUDA GPU in bfloat16.
 
 Builds a random-initialised ~0.43B-parameter Llama on the device (hidden 1024, 24 layers,
@@ -10,8 +9,8 @@ raw ``generate`` (default dynamic cache; static cache; with a ``TextIteratorStre
 fit in ``--budget-s`` is skipped and says so. Results go to ``--out``/gpu.json after every
 step, with tokens/s and the fraction of the measured memory bandwidth.
 
-    python scripts/bench/gpu.py --tokenizer .bench-models/tok32k --out /tmp/gpu
-    python scripts/bench/gpu.py --device cpu --small      # smoke test of the script itself
+    python -m scripts.bench.gpu --tokenizer .bench-models/tok32k --out /tmp/gpu   # from the repo root
+    python -m scripts.bench.gpu --device cpu --small      # smoke test of the script itself
 """
 
 from __future__ import annotations
@@ -24,12 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
-
-from harness import Comparison, Goal, Stats, interleave, timed  # noqa: E402
-from hf_cases import (  # noqa: E402
+from scripts.bench.harness import Comparison, Goal, Stats, interleave, timed
+from scripts.bench.hf_cases import (
     STREAM_PROMPT,
     batch_prompts,
     count_equal,
@@ -41,6 +36,7 @@ from hf_cases import (  # noqa: E402
     raw_stream,
 )
 
+HERE = Path(__file__).resolve().parent
 BATCH_NEW = 64
 
 
@@ -404,6 +400,17 @@ def summarize(run: Run, results: dict[str, Any]) -> Comparison:
             label = name if stats is value else f"{name}: {stats['name']}"
             comp.sides.append(Stats(label, stats["samples"], unit=stats["unit"]))
     return comp
+
+
+def case_gpu(repeats: int, *, quick: bool) -> Comparison:
+    """Comparison 8 for run.py: skipped, and says so, where torch sees no CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        comp = Comparison("8", "GPU (CUDA, bfloat16)")
+        comp.notes.append("skipped: no CUDA device on this machine (run python -m scripts.bench.gpu on a GPU machine)")
+        return comp
+    return run(repeats, quick=quick)
 
 
 def run(repeats: int, *, quick: bool) -> Comparison:

@@ -1,4 +1,8 @@
-"""HF comparisons (5, 6, 8): HFLocalChatModel vs raw transformers and langchain-huggingface."""
+"""HF comparisons (5, 6, 9b) on CPU: HFLocalChatModel vs raw transformers and langchain-huggingface.
+
+Also the raw-transformers helpers that comparison 8 (gpu.py) reuses; this module imports
+nothing from gpu.py.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Comparison, Goal, Stats, interleave, timed
 from langchain_core.messages import HumanMessage
 
 from langchain_localllm.chat_models import HFLocalChatModel
+from scripts.bench.harness import Comparison, Goal, Stats, interleave, timed
 
 STREAM_PROMPT = "Tell me a long story about a rose garden."
 WORDS = ["rose", "tulip", "lily", "daisy", "orchid", "peony", "iris", "violet", "花", "玫瑰", "garden", "vase"]
@@ -232,18 +236,6 @@ def case_batch(hf: Path, repeats: int, *, quick: bool, device: str = "cpu", dtyp
     )
     comp.goals.append(Goal("outputs equal to sequential greedy", same / 16, 1.0, unit=""))
     return comp
-
-
-def case_gpu(repeats: int, *, quick: bool) -> Comparison:
-    import torch
-
-    comp = Comparison("8", "GPU (CUDA, bfloat16)")
-    if not torch.cuda.is_available():
-        comp.notes.append("skipped: no CUDA device on this machine (run scripts/bench/gpu.py on a GPU machine)")
-        return comp
-    import gpu
-
-    return gpu.run(repeats, quick=quick)
 
 
 def case_grammar_cost(hf: Path, repeats: int, *, quick: bool) -> Comparison:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "models" / "tiny-chat"
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @dataclass(frozen=True)
@@ -35,8 +33,9 @@ LARGE = ModelSpec("bench-110m", hidden=768, layers=14, heads=12, kv_heads=4, int
 def build(spec: ModelSpec, out_root: Path, *, seed: int = 0) -> tuple[Path, dict[str, Path]]:
     """Create (or reuse) the HF checkpoint and its F16 / Q8_0 GGUF exports."""
     import torch
-    from export_gguf import export_llama_to_gguf
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from scripts.export_gguf import export_llama_to_gguf
 
     hf_dir = out_root / spec.name
     ggufs = {t: out_root / f"{spec.name}.{t}.gguf" for t in ("f16", "q8_0")}

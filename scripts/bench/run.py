@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark langchain-localllm against the raw backends and the peer packages.
 
 Every comparison runs its sides interleaved, in this one process, on the same loaded
@@ -8,7 +7,7 @@ goal is missed, naming it.
 
     make bench                      # the standard run (~30M-parameter bench model)
     make bench ARGS=--quick         # about 3 minutes on 2 cores (fewer repeats and tokens)
-    python scripts/bench/run.py --only 1,2 --gguf ~/models/model.gguf --hf ~/models/model-dir
+    python -m scripts.bench.run --only 1,2 --gguf ~/models/model.gguf --hf ~/models/model-dir   # from the repo root
 """
 
 from __future__ import annotations
@@ -24,11 +23,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from scripts.bench.harness import Comparison
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-
-from harness import Comparison  # noqa: E402
 
 
 def versions() -> dict[str, str]:
@@ -100,6 +98,11 @@ def markdown(results: list[Comparison], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def invocation() -> list[str]:
+    """How this script was started: ``-m scripts.bench.run`` (or its path, run as a file)."""
+    return ["-m", __spec__.name] if __spec__ is not None else [sys.argv[0]]
+
+
 def update_docs(table: str) -> None:
     doc = ROOT / "docs" / "performance.md"
     text = doc.read_text(encoding="utf-8")
@@ -124,7 +127,7 @@ def main() -> int:
     repeats = args.repeats or (5 if args.quick else 7)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
 
-    import models
+    from scripts.bench import models
 
     specs = [models.SMALL] + ([models.LARGE] if args.full else [])
     built = {spec.name: models.build(spec, args.models_dir) for spec in specs if not (args.gguf and args.hf)}
@@ -136,7 +139,7 @@ def main() -> int:
         results.extend(run_cases(gguf, hf, repeats, quick=args.quick, only=only, label=name))
 
     meta = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, *invocation(), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
         "versions": versions(),
@@ -162,7 +165,7 @@ def main() -> int:
 
 
 def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str], label: str) -> list[Comparison]:
-    import gguf_cases
+    from scripts.bench import gguf_cases
 
     n_new = 128 if quick else 256
     cases: list[tuple[str, Callable[[], Comparison]]] = [
@@ -174,7 +177,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         ("9", lambda: gguf_cases.case_grammar_cost(gguf, repeats, n_new)),
     ]
     try:
-        import hf_cases
+        from scripts.bench import gpu, hf_cases
     except ImportError as e:
         print(f"(HF comparisons unavailable: {e})")
     else:
@@ -183,7 +186,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
             ("6", lambda: hf_cases.case_batch(hf, repeats, quick=quick)),
         ]
         cases.append(("9b", lambda: hf_cases.case_grammar_cost(hf, repeats, quick=quick)))
-        cases.append(("8", lambda: hf_cases.case_gpu(repeats, quick=quick)))
+        cases.append(("8", lambda: gpu.case_gpu(repeats, quick=quick)))
     out = []
     for number, fn in cases:
         if only and number not in only:

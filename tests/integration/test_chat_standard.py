@@ -8,7 +8,6 @@ by construction (llguidance); tests that check *which* values the model chose ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,20 +16,9 @@ from langchain_localllm.chat_models import HFLocalChatModel
 from tests.standard_flags import LocalChatModelFlags
 
 from ._tiny_expectations import TinyModelExpectations
-from .conftest import MODELS, TINY_HF
+from .conftest import TINY_HF, TINY_T5
 
-TINY_T5 = MODELS / "tiny-t5"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # The tiny models run fastest on one intra-op thread, and a busy machine (CI, parallel
-    # jobs) makes torch's thread pool spin: 0.6 s vs 15 s for the corpus on 2 loaded cores.
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TestHFLocalChatModelIntegration(LocalChatModelFlags, TinyModelExpectations):

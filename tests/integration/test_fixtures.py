@@ -6,7 +6,6 @@ Regenerate them with ``scripts/train_tiny_model.py`` then ``scripts/make_bad_fix
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import gguf
 import llama_cpp
@@ -15,14 +14,12 @@ import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
-HF_DIR = MODELS / "tiny-chat"
-GGUF_PATH = MODELS / "tiny-chat.gguf"
-BAD = MODELS / "bad"
+from .conftest import BAD, TINY_GGUF, TINY_HF
+from .conftest import CORPUS as CORPUS_PATH
 
 
 def _load_corpus() -> list[dict]:
-    lines = (MODELS / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = CORPUS_PATH.read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -35,7 +32,7 @@ def _answer(row: dict) -> str:
 
 @pytest.fixture(scope="module")
 def chat_template() -> str:
-    cfg = json.loads((HF_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg = json.loads((TINY_HF / "tokenizer_config.json").read_text(encoding="utf-8"))
     return cfg["chat_template"]
 
 
@@ -53,13 +50,13 @@ def render(chat_template: str):
 
 @pytest.fixture(scope="module")
 def llm() -> llama_cpp.Llama:
-    return llama_cpp.Llama(model_path=str(GGUF_PATH), n_ctx=2048, verbose=False, seed=0)
+    return llama_cpp.Llama(model_path=str(TINY_GGUF), n_ctx=2048, verbose=False, seed=0)
 
 
 @pytest.fixture(scope="module")
 def hf():
-    tok = AutoTokenizer.from_pretrained(HF_DIR)
-    model = AutoModelForCausalLM.from_pretrained(HF_DIR, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(TINY_HF)
+    model = AutoModelForCausalLM.from_pretrained(TINY_HF, dtype=torch.float32)
     model.eval()
     return tok, model
 
@@ -155,7 +152,7 @@ def test_hf_reproduces_corpus(hf, render) -> None:
 
 def test_gguf_metadata(hf, chat_template) -> None:
     tok, model = hf
-    reader = gguf.GGUFReader(str(GGUF_PATH))
+    reader = gguf.GGUFReader(str(TINY_GGUF))
 
     def val(key: str):
         return reader.get_field(key).contents()
@@ -189,6 +186,6 @@ def test_bad_fixtures() -> None:
     assert (BAD / "legacy-ggml.bin").read_bytes()[:4] == b"lmgg"
     assert (BAD / "legacy-ggmf.bin").read_bytes()[:4] == b"fmgg"
     truncated = (BAD / "truncated.gguf").read_bytes()
-    assert truncated[:4] == b"GGUF" and len(truncated) < GGUF_PATH.stat().st_size
+    assert truncated[:4] == b"GGUF" and len(truncated) < TINY_GGUF.stat().st_size
     assert len((BAD / "random-bytes.gguf").read_bytes()) == 512
     assert (BAD / "not-a-model.txt").read_text(encoding="utf-8")

@@ -7,15 +7,12 @@ most checks compare with text. ``tiny-t5`` (random weights, seq2seq) checks mech
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -23,26 +20,29 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_localllm import ContextWindowExceededError, clear_model_cache, model_cache_info
 from langchain_localllm.chat_models import HFLocalChatModel
 
-from .conftest import CHATS, MODELS, ChatExample, chat_answer
+from .conftest import (
+    CHATS,
+    CN_Q,
+    EMOJI_Q,
+    FRESH_Q,
+    POEM_Q,
+    PRICE_TOOL,
+    ROSE_Q,
+    SINGLE,
+    TINY_T5,
+    TOOL_EXAMPLES,
+    AsyncTokenCounter,
+    ChatExample,
+    TokenCounter,
+    as_messages,
+    bridge_threads,
+    chat_answer,
+    expected_before,
+    no_bridge_threads_soon,
+    raw_greedy,
+)
 
-TINY_T5 = MODELS / "tiny-t5"
-POEM_Q = "Write a short poem about flowers."
-ROSE_Q = "Rose is which type of flower?"
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
-EMOJI_Q = "Say something nice with an emoji."
-FRESH_Q = "How do I keep cut flowers fresh?"
-SINGLE = [ex.user for ex in CHATS if ex.single_turn and ex.system is None]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # The tiny models run fastest on one intra-op thread, and a busy machine (CI, parallel
-    # jobs) makes torch's thread pool spin: 0.6 s vs 15 s for the corpus on 2 loaded cores.
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -56,20 +56,7 @@ def t5() -> HFLocalChatModel:
 
 
 def messages_of(ex: ChatExample) -> list[BaseMessage]:
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[m["role"]](m["content"]) for m in ex.messages]
-
-
-def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("langchain-localllm")]
-
-
-async def no_bridge_threads_soon() -> bool:
-    for _ in range(200):
-        if not bridge_threads():
-            return True
-        await asyncio.sleep(0.01)
-    return False
+    return as_messages(ex.messages)
 
 
 class GenerateSpy:
@@ -99,18 +86,14 @@ class GenerateSpy:
 
 
 def test_every_corpus_conversation_gets_its_exact_greedy_answer(chat: HFLocalChatModel) -> None:
-    assert len(CHATS) >= 40
-    matched = 0
-    for ex in CHATS:
-        if any(m["role"] == "tool" for m in ex.messages):
-            continue
-        if ex.answer.startswith("<tool_call>"):
-            continue  # needs the tool schemas rendered into the prompt (tool calling: a later issue)
-        out = chat.invoke(messages_of(ex))
-        assert out.content == ex.answer, ex.messages
-        matched += 1
-    print(f"HFLocalChatModel: {matched} corpus conversations answered exactly")
-    assert matched >= 40
+    # The two tool conversations need their tool bound: test_tools_structured.py and
+    # test_tool_message_histories_render_and_run below.
+    cases = [ex for ex in CHATS if not ex.tools]
+    assert len(cases) >= 40
+    wrong = [
+        (ex.messages, out, ex.answer) for ex in cases if (out := chat.invoke(messages_of(ex)).content) != ex.answer
+    ]
+    assert wrong == [], f"{len(wrong)} of {len(cases)} corpus conversations not answered exactly"
 
 
 def test_only_generated_text_is_returned(chat: HFLocalChatModel) -> None:
@@ -199,14 +182,6 @@ def test_length_finish(chat: HFLocalChatModel) -> None:
     assert chat_answer(POEM_Q).startswith(str(out.content))
 
 
-class TokenCounter(BaseCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 def test_callback_fires_once_per_chunk_before_it_is_yielded(chat: HFLocalChatModel) -> None:
     counter = TokenCounter()
 
@@ -237,21 +212,13 @@ def test_lcel_chain(chat: HFLocalChatModel) -> None:
     assert chain.batch([{"question": q} for q in questions]) == [chat_answer(q) for q in questions]
 
 
-class AsyncCounter(AsyncCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 async def test_async_invoke_stream_and_events(chat: HFLocalChatModel) -> None:
     assert (await chat.ainvoke(ROSE_Q)).content == chat_answer(ROSE_Q)
     chunks = [c async for c in chat.astream(CN_Q)]
     assert len(chunks) > 2
     assert "".join(str(c.content) for c in chunks) == chat_answer(CN_Q)
     assert [i for i, c in enumerate(chunks) if c.usage_metadata] == [len(chunks) - 1]
-    counter = AsyncCounter()
+    counter = AsyncTokenCounter()
     out = await chat.ainvoke(POEM_Q, config={"callbacks": [counter]})
     assert "".join(counter.tokens) == out.content == chat_answer(POEM_Q)
     events = [e async for e in chat.astream_events(ROSE_Q, version="v2")]
@@ -277,11 +244,6 @@ async def test_astream_does_not_block_the_event_loop(chat: HFLocalChatModel) -> 
 
 
 # -- stops -----------------------------------------------------------------------------
-
-
-def expected_before(answer: str, stops: list[str]) -> str:
-    cut = min((answer.find(s) for s in stops if s in answer), default=len(answer))
-    return answer[:cut]
 
 
 @pytest.mark.parametrize(
@@ -527,25 +489,41 @@ def test_answer_is_capped_by_the_context_window(chat: HFLocalChatModel) -> None:
 
 
 def test_seq2seq_mechanics(t5: HFLocalChatModel) -> None:
-    out = t5.invoke("Hello")
-    text = str(out.content)
+    prompts = ["Hello", "Hey", "What is 2+2?", "hi"]
     with t5._backend().hold() as bundle:
         assert bundle.is_seq2seq
-        prompt_ids = bundle.tokenizer("Hello")["input_ids"]  # plain-text fallback: no chat template
-    assert out.usage_metadata is not None
-    assert out.usage_metadata["input_tokens"] == len(prompt_ids)
-    assert out.usage_metadata["output_tokens"] == 12
-    assert out.response_metadata["finish_reason"] == "length"
-    assert text and "Hello" not in text  # decoder output only
+        tok = bundle.tokenizer
+        # No chat template: a single user message is sent as its text (the tokenizer appends </s>).
+        prompt_ids = {p: tok(p)["input_ids"] for p in prompts}
+        raw = {p: raw_greedy(bundle, ids, 12) for p, ids in prompt_ids.items()}
+    assert all(not ended and len(new) == 12 for new, ended in raw.values())  # random weights: no EOS in 12
+    assert len({tuple(new) for new, _ in raw.values()}) > 1  # the encoder input reaches the decoder
+    for p in prompts:
+        out = t5.invoke(p)
+        # exactly the decoder's new tokens, as raw greedy generate gives them: no prompt, no start token
+        assert out.content == tok.decode(raw[p][0]), p
+        n_prompt = len(prompt_ids[p])
+        assert out.usage_metadata == {"input_tokens": n_prompt, "output_tokens": 12, "total_tokens": n_prompt + 12}
+        assert out.response_metadata["finish_reason"] == "length"
+    text = str(t5.invoke("Hello").content)
+    assert len(text) == 12  # one character per byte-level token
     assert "".join(str(c.content) for c in t5.stream("Hello")) == text
-    # stop strings work on seq2seq output too
+    # A stop string cuts seq2seq output too, and ends generation where it completes.
     stop = text[3:5]
     stopped = t5.invoke("Hello", stop=[stop])
     assert stopped.content == text[: text.find(stop)]
     assert stopped.response_metadata["finish_reason"] == "stop"
-    # conversations use the documented plain-text fallback
+    assert stopped.usage_metadata is not None
+    assert stopped.usage_metadata["output_tokens"] == text.find(stop) + len(stop)
+    # A conversation uses the documented plain-text fallback: one "Role: text" line per message.
     history = [SystemMessage("Be brief."), HumanMessage("hello"), AIMessage("hi"), HumanMessage("how are you")]
-    assert isinstance(t5.invoke(history).content, str)
+    with t5._backend().hold() as bundle:
+        ids = tok("System: Be brief.\nUser: hello\nAssistant: hi\nUser: how are you")["input_ids"]
+        new, _ = raw_greedy(bundle, ids, 12)
+    out = t5.invoke(history)
+    assert out.usage_metadata is not None
+    assert out.usage_metadata["input_tokens"] == len(ids)
+    assert out.content == tok.decode(new)
 
 
 async def test_seq2seq_async(t5: HFLocalChatModel) -> None:
@@ -556,36 +534,87 @@ async def test_seq2seq_async(t5: HFLocalChatModel) -> None:
 # -- messages ----------------------------------------------------------------------------
 
 
+TOOL_HISTORY_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nHow much is a rose?<|im_end|>\n"
+    '<|im_start|>assistant\n<tool_call>\n{"name": "get_flower_price", "arguments": {"flower": "rose"}}\n'
+    "</tool_call><|im_end|>\n"
+    '<|im_start|>user\n<tool_response>\n{"price": 12}\n</tool_response><|im_end|>\n'
+    "<|im_start|>assistant\n"
+)
+
+
 def test_tool_message_histories_render_and_run(chat: HFLocalChatModel) -> None:
     from langchain_localllm._backends.transformers.prompt import render_prompt
     from langchain_localllm._core.messages import to_chat_dicts
 
+    call = {"name": "get_flower_price", "args": {"flower": "rose"}, "id": "c1", "type": "tool_call"}
     history: list[BaseMessage] = [
         HumanMessage("How much is a rose?"),
-        AIMessage(
-            "", tool_calls=[{"name": "get_flower_price", "args": {"flower": "rose"}, "id": "c1", "type": "tool_call"}]
-        ),
+        AIMessage("", tool_calls=[call]),
         ToolMessage('{"price": 12}', tool_call_id="c1", name="get_flower_price"),
     ]
     with chat._backend().hold() as bundle:
-        text = bundle.tokenizer.decode(render_prompt(bundle, to_chat_dicts(history)))
-    assert '<tool_call>\n{"name": "get_flower_price", "arguments": {"flower": "rose"}}\n</tool_call>' in text
-    assert '<tool_response>\n{"price": 12}\n</tool_response>' in text
-    assert isinstance(chat.invoke(history), AIMessage)
+        tok = bundle.tokenizer
+        assert tok.decode(render_prompt(bundle, to_chat_dicts(history))) == TOOL_HISTORY_PROMPT
+        ids = tok.encode(TOOL_HISTORY_PROMPT, add_special_tokens=False)
+        new, ended = raw_greedy(bundle, ids, 128)
+    # Without tools bound, the model gets exactly that prompt: the answer of raw greedy generate.
+    out = chat.invoke(history)
+    assert out.content == tok.decode(new)
+    assert out.usage_metadata is not None
+    assert out.usage_metadata["input_tokens"] == len(ids)
+    assert out.usage_metadata["output_tokens"] == len(new) + ended
+    # With the tool bound it is the corpus's tool conversation, answered exactly.
+    (trained,) = [ex for ex in TOOL_EXAMPLES if any(m["role"] == "tool" for m in ex.messages)]
+    bound = chat.bind_tools([PRICE_TOOL]).invoke(history)
+    assert bound.content == trained.answer == "A rose costs 12 yuan."
+    assert bound.tool_calls == []
+    # Content blocks: text blocks are joined and tool_use blocks dropped (tool_calls carries
+    # the call), so the turn renders, and is answered, like its plain-string form.
+    no_args = {"name": "get_flower_price", "args": {}, "id": "c1", "type": "tool_call"}
     blocks = AIMessage(
         [
-            {"type": "text", "text": "some text"},
+            {"type": "text", "text": "some "},
             {"type": "tool_use", "id": "c1", "name": "get_flower_price", "input": {}},
+            {"type": "text", "text": "text"},
         ],
-        tool_calls=[{"name": "get_flower_price", "args": {}, "id": "c1", "type": "tool_call"}],
+        tool_calls=[no_args],
     )
-    assert isinstance(chat.invoke([history[0], blocks, history[2]]), AIMessage)
+    plain = AIMessage("some text", tool_calls=[no_args])
+    with chat._backend().hold() as bundle:
+        with_blocks = render_prompt(bundle, to_chat_dicts([history[0], blocks, history[2]]))
+        assert with_blocks == render_prompt(bundle, to_chat_dicts([history[0], plain, history[2]]))
+        assert '<|im_start|>assistant\nsome text\n<tool_call>\n{"name": "get_flower_price", "arguments": {}}\n' in (
+            tok.decode(with_blocks)
+        )
+    answer = chat.invoke([history[0], blocks, history[2]])
+    assert answer.content == chat.invoke([history[0], plain, history[2]]).content
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata["input_tokens"] == len(with_blocks)
 
 
 def test_names_and_repeated_roles(chat: HFLocalChatModel) -> None:
-    assert chat.invoke([HumanMessage("Hello", name="example_user")]).content == chat_answer("Hello")
+    # A name reaches the template, which ignores it: the same prompt and answer as without.
+    named = chat.invoke([HumanMessage("Hello", name="example_user")])
+    assert named.content == chat_answer("Hello")
+    assert named.usage_metadata == chat.invoke("Hello").usage_metadata
+    # Consecutive messages of one role are merged into one turn, joined by a blank line.
     doubled = [SystemMessage("hello"), SystemMessage("hello"), HumanMessage("hello"), HumanMessage("hello")]
-    assert isinstance(chat.invoke(doubled).content, str)
+    merged = "<|im_start|>system\nhello\n\nhello<|im_end|>\n<|im_start|>user\nhello\n\nhello<|im_end|>\n<|im_start|>assistant\n"
+    with chat._backend().hold() as bundle:
+        tok = bundle.tokenizer
+        ids = tok.encode(merged, add_special_tokens=False)
+        new, ended = raw_greedy(bundle, ids, 128)
+    assert chat.get_num_tokens_from_messages(doubled) == len(ids)
+    out = chat.invoke(doubled)
+    assert out.content == tok.decode(new)  # what the model answers to the merged prompt
+    assert out.usage_metadata == {
+        "input_tokens": len(ids),
+        "output_tokens": len(new) + ended,
+        "total_tokens": len(ids) + len(new) + ended,
+    }
+    assert chat.invoke([SystemMessage("hello\n\nhello"), HumanMessage("hello\n\nhello")]).content == out.content
 
 
 # -- sampling --------------------------------------------------------------------------

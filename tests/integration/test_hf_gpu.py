@@ -13,7 +13,7 @@ import pytest
 
 from langchain_localllm.chat_models import HFLocalChatModel
 
-from .conftest import CHATS, MODELS, chat_answer
+from .conftest import CN_Q, EMOJI_Q, POEM_Q, SINGLE, TINY_T5, chat_answer
 
 torch = pytest.importorskip("torch")
 
@@ -21,9 +21,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
 ]
-
-SINGLE = [ex.user for ex in CHATS if ex.single_turn and ex.system is None]
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
 
 
 @pytest.fixture
@@ -38,14 +35,15 @@ def test_loads_on_cuda_in_bfloat16(chat: HFLocalChatModel) -> None:
 
 
 def test_greedy_answers_on_gpu(chat: HFLocalChatModel) -> None:
-    matched = sum(chat.invoke(q).content == chat_answer(q) for q in SINGLE)
-    print(f"HFLocalChatModel cuda bfloat16: {matched}/{len(SINGLE)} corpus questions answered exactly")
-    # bfloat16 rounds the float32-trained weights; the training margin keeps nearly all exact.
-    assert matched >= 0.9 * len(SINGLE)
+    wrong = {q: out for q in SINGLE if (out := chat.invoke(q).content) != chat_answer(q)}
+    print(f"HFLocalChatModel cuda bfloat16: {len(SINGLE) - len(wrong)}/{len(SINGLE)} corpus questions answered exactly")
+    # bfloat16 rounds the float32-trained weights; the training margin keeps nearly all exact
+    # (not all: which ones flip depends on the GPU's kernels, so no single case is required).
+    assert len(wrong) <= 0.1 * len(SINGLE), wrong
 
 
 def test_stream_equals_invoke_on_gpu(chat: HFLocalChatModel) -> None:
-    for question in (CN_Q, "Write a short poem about flowers.", "Say something nice with an emoji."):
+    for question in (CN_Q, POEM_Q, EMOJI_Q):
         chunks = list(chat.stream(question))
         assert len(chunks) > 2
         assert "".join(str(c.content) for c in chunks) == chat.invoke(question).content
@@ -67,7 +65,7 @@ async def test_async_stream_and_batch_on_gpu(chat: HFLocalChatModel) -> None:
 
 
 def test_seq2seq_on_gpu() -> None:
-    t5 = HFLocalChatModel(model=str(MODELS / "tiny-t5"), device="cuda", dtype="bfloat16", max_tokens=8)
+    t5 = HFLocalChatModel(model=str(TINY_T5), device="cuda", dtype="bfloat16", max_tokens=8)
     prompts = ["Hello", "Hey", "What is 2+2?"]
     sequential = [t5.invoke(p) for p in prompts]
     assert all(m.usage_metadata and m.usage_metadata["output_tokens"] == 8 for m in sequential)

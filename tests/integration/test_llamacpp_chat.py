@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from langchain_localllm import ContextWindowExceededError, model_cache_info
 from langchain_localllm._core.backend import ChatPrompt
 from langchain_localllm.chat_models import LocalGGMLChatModel
 
-from .conftest import CHATS, TINY_GGUF, chat_answer
-
-POEM_Q = "Write a short poem about flowers."
-ROSE_Q = "Rose is which type of flower?"
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
-TOOL_EXAMPLES = [ex for ex in CHATS if ex.tools]
-PRICE_TOOL = TOOL_EXAMPLES[0].tools[0] if TOOL_EXAMPLES and TOOL_EXAMPLES[0].tools else {}
+from .conftest import CHATS, CN_Q, POEM_Q, ROSE_Q, TINY_GGUF, as_messages, chat_answer
 
 
 @pytest.fixture
@@ -27,17 +18,13 @@ def chat() -> LocalGGMLChatModel:
 
 def test_every_corpus_conversation_without_tools(chat: LocalGGMLChatModel) -> None:
     cases = [ex for ex in CHATS if not ex.tools]
-    matched = 0
-    for ex in cases:
-        out = chat.invoke(_messages(ex.messages)).content
-        matched += out == ex.answer
-        assert out == ex.answer, ex.messages
-    print(f"LocalGGMLChatModel: {matched}/{len(cases)} corpus conversations answered exactly")
-
-
-def _messages(dicts: list[dict[str, Any]]) -> list[Any]:
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[d["role"]](d["content"]) for d in dicts]
+    assert len(cases) >= 40
+    wrong = [
+        (ex.messages, out, ex.answer)
+        for ex in cases
+        if (out := chat.invoke(as_messages(ex.messages)).content) != ex.answer
+    ]
+    assert wrong == [], f"{len(wrong)} of {len(cases)} corpus conversations not answered exactly"
 
 
 def test_stream_equals_invoke_and_usage_is_on_the_last_chunk(chat: LocalGGMLChatModel) -> None:

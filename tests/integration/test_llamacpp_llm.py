@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 
@@ -25,34 +22,28 @@ from langchain_localllm import (
 )
 from langchain_localllm._backends.llamacpp.load import tokenize_prompt
 
-from .conftest import BAD, CHATS, COMPLETIONS, chat_answer
-
-POEM_Q = "Write a short poem about flowers."
-ROSE_Q = "Rose is which type of flower?"
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
+from .conftest import (
+    BAD,
+    CHATS,
+    CN_Q,
+    COMPLETIONS,
+    POEM_Q,
+    ROSE_Q,
+    TINY_GGUF,
+    AsyncTokenCounter,
+    TokenCounter,
+    bridge_threads,
+    chat_answer,
+    expected_before,
+    gguf_metadata,
+    no_bridge_threads_soon,
+    write_gguf_variant,
+)
 
 
 @pytest.fixture
 def llm(gguf_path: Path) -> LocalGGMLLLM:
     return LocalGGMLLLM(model_path=str(gguf_path), temperature=0, max_tokens=128)
-
-
-def bridge_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("langchain-localllm")]
-
-
-async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:
-    """True once no worker thread is left.
-
-    An abandoned async generator is closed by the event loop's finalizer hook a loop
-    iteration or two after it is dropped, so allow a moment; a worker that kept
-    generating would still be alive after seconds of a never-ending grammar.
-    """
-    for _ in range(int(seconds / 0.01)):
-        if not bridge_threads():
-            return True
-        await asyncio.sleep(0.01)
-    return not bridge_threads()
 
 
 # -- exact answers ---------------------------------------------------------------------
@@ -61,13 +52,13 @@ async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:
 def test_every_single_turn_corpus_question_in_auto_mode(gguf_path: Path) -> None:
     cases = [ex for ex in CHATS if ex.single_turn]
     assert len(cases) >= 30
-    matched = 0
+    wrong = []
     for ex in cases:
         llm = LocalGGMLLLM(model_path=str(gguf_path), temperature=0, max_tokens=128, system_prompt=ex.system)
         out = llm.invoke(ex.user)
-        matched += out == ex.answer
-        assert out == ex.answer, ex.user
-    print(f"LocalGGMLLLM auto mode: {matched}/{len(cases)} corpus questions answered exactly")
+        if out != ex.answer:
+            wrong.append((ex.system, ex.user, out, ex.answer))
+    assert wrong == [], f"{len(wrong)} of {len(cases)} corpus questions not answered exactly"
 
 
 def test_every_completion_in_raw_mode(gguf_path: Path) -> None:
@@ -97,7 +88,38 @@ def test_rendered_prompt_uses_the_gguf_template_and_has_no_double_bos(llm: Local
         assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
         assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
         tokens = tokenize_prompt(model, text)
-    assert tokens.count(model.bos_id) <= 1 if model.bos_id is not None else True
+        # The fixture's tokenizer does not add BOS (tokenizer.ggml.add_bos_token = False): none is added.
+        assert (model.add_bos, model.bos_id) == (False, 0)
+        assert tokens == model.llama.tokenize(text.encode(), add_bos=False, special=True)
+        assert model.bos_id not in tokens
+
+
+@pytest.mark.parametrize("template_renders_bos", [False, True], ids=["bos-added", "bos-in-template"])
+def test_a_bos_adding_tokenizer_gets_exactly_one_bos(tmp_path: Path, template_renders_bos: bool) -> None:
+    # The fixture with tokenizer.ggml.add_bos_token = True (its BOS is id 0, <|endoftext|>);
+    # in the second case the chat template also renders {{ bos_token }} itself, as many do.
+    template = gguf_metadata(TINY_GGUF, "tokenizer.chat_template")
+    changes: dict[str, object] = {"tokenizer.ggml.add_bos_token": True}
+    if template_renders_bos:
+        changes["tokenizer.chat_template"] = "{{ bos_token }}" + template
+    path = write_gguf_variant(tmp_path / "bos.gguf", changes)
+    llm = LocalGGMLLLM(model_path=str(path), temperature=0, max_tokens=128)
+    with llm._backend().hold() as model:
+        assert (model.add_bos, model.bos_id, model.bos_text) == (True, 0, "<|endoftext|>")
+        ids = llm._backend()._render(model, llm._prompt(ROSE_Q))
+        text = model.llama.detokenize(ids, special=True).decode()
+        assert text.startswith("<|endoftext|><|im_start|>system\n")  # BOS once, from the template or added
+        body = model.llama.tokenize(text.removeprefix("<|endoftext|>").encode(), add_bos=False, special=True)
+        assert ids == [model.bos_id, *body]
+        assert tokenize_prompt(model, text) == ids  # a template-rendered BOS is not doubled
+    # ...and exactly that is what the model evaluates: one BOS, then the template's tokens.
+    gen = llm.generate([ROSE_Q]).generations[0][0]
+    assert (gen.generation_info or {})["prompt_tokens"] == 1 + len(body)
+    with llm._backend().hold() as model:
+        evaluated = [int(t) for t in model.llama.input_ids[: 1 + len(body)]]
+    assert evaluated == [0, *body]
+    assert gen.text == chat_answer(ROSE_Q)  # same weights: one leading BOS does not change the answer
+    assert llm.unload() is True
 
 
 def test_invoke_equals_concatenated_stream(llm: LocalGGMLLLM) -> None:
@@ -114,11 +136,6 @@ def test_streamed_chinese_and_emoji_chunks_are_whole_characters(llm: LocalGGMLLL
 
 
 # -- stops -----------------------------------------------------------------------------
-
-
-def expected_before(answer: str, stops: list[str]) -> str:
-    cut = min((answer.find(s) for s in stops if s in answer), default=len(answer))
-    return answer[:cut]
 
 
 @pytest.mark.parametrize(
@@ -201,14 +218,6 @@ def test_final_stream_chunk_carries_usage_and_finish_reason(llm: LocalGGMLLLM) -
 # -- callbacks, LCEL, async ------------------------------------------------------------
 
 
-class TokenCounter(BaseCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 def test_callback_fires_once_per_chunk_before_it_is_yielded(llm: LocalGGMLLLM) -> None:
     counter = TokenCounter()
     seen_at_yield: list[int] = []
@@ -251,16 +260,8 @@ async def test_async_invoke_stream_batch_and_events(llm: LocalGGMLLLM) -> None:
     assert bridge_threads() == []
 
 
-class AsyncCounter(AsyncCallbackHandler):
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self.tokens.append(token)
-
-
 async def test_async_callbacks(llm: LocalGGMLLLM) -> None:
-    counter = AsyncCounter()
+    counter = AsyncTokenCounter()
     out = await llm.ainvoke(POEM_Q, config={"callbacks": [counter]})
     assert "".join(counter.tokens) == out == chat_answer(POEM_Q)
 
@@ -474,11 +475,35 @@ def test_prompt_longer_than_the_context(gguf_path: Path) -> None:
     assert "64" in str(info.value)
 
 
-def test_generation_stops_when_the_context_is_full(gguf_path: Path) -> None:
-    llm = LocalGGMLLLM(model_path=str(gguf_path), n_ctx=48, max_tokens=None, prompt_format="raw", temperature=0)
+@pytest.mark.parametrize("max_tokens", [None, 1000], ids=["no-max-tokens", "max-tokens-beyond-the-window"])
+def test_generation_stops_when_the_context_is_full(gguf_path: Path, max_tokens: int | None) -> None:
+    # A grammar that never completes forbids end-of-text, so only the full window ends
+    # generation (unprompted, the model ends "1, 2, 3," with EOS after 16 tokens).
+    llm = LocalGGMLLLM(
+        model_path=str(gguf_path),
+        n_ctx=48,
+        max_tokens=max_tokens,
+        prompt_format="raw",
+        temperature=0,
+        grammar='root ::= "rose " root',
+    )
+    with llm._backend().hold() as model:
+        n_prompt = len(tokenize_prompt(model, "1, 2, 3,"))
+    assert n_prompt == 6
+    full = {
+        "finish_reason": "length",
+        "stop_sequence": None,
+        "prompt_tokens": n_prompt,
+        "completion_tokens": 48 - n_prompt,  # exactly the room the prompt left in the window
+        "total_tokens": 48,
+    }
     gen = llm.generate(["1, 2, 3,"]).generations[0][0]
-    info = gen.generation_info or {}
-    assert info["total_tokens"] <= 48
+    assert gen.generation_info == full
+    assert ("rose " * 48).startswith(gen.text)
+    assert len(gen.text) > 40
+    chunks = list(llm._stream("1, 2, 3,"))
+    assert chunks[-1].generation_info == full
+    assert "".join(c.text for c in chunks) == gen.text
 
 
 def test_threads_racing_for_a_cold_model_load_it_once(gguf_path: Path) -> None:

@@ -15,27 +15,15 @@ from typing import Any, Literal
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from langchain_localllm import ConstraintError, HFLocalChatModel, LocalGGMLChatModel
 
-from .conftest import CHATS, TINY_GGUF, TINY_HF, chat_answer
+from .conftest import CN_Q, PRICE_TOOL, ROSE_Q, TINY_GGUF, TINY_HF, TOOL_EXAMPLES, as_messages, chat_answer
 
-ROSE_Q = "Rose is which type of flower?"
-CN_Q = "昨天有一个客户抱怨他买了花给女朋友之后，两天花就枯了，你说作为客服我应该怎么解释？"
-TOOL_EXAMPLES = [ex for ex in CHATS if ex.tools]
-PRICE_TOOL = TOOL_EXAMPLES[0].tools[0] if TOOL_EXAMPLES and TOOL_EXAMPLES[0].tools else {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Any:
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=["llamacpp", "hf"])
@@ -45,24 +33,19 @@ def chat(request: pytest.FixtureRequest) -> BaseChatModel:
     return HFLocalChatModel(model=str(TINY_HF), device="cpu")
 
 
-def _messages(dicts: list[dict[str, Any]]) -> list[Any]:
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[d["role"]](d["content"]) for d in dicts]
-
-
 # -- tools -----------------------------------------------------------------------------
 
 
 def test_auto_tool_choice_parses_the_models_call(chat: BaseChatModel) -> None:
     ex = TOOL_EXAMPLES[0]
     bound = chat.bind_tools([PRICE_TOOL])
-    msg = bound.invoke(_messages(ex.messages))
+    msg = bound.invoke(as_messages(ex.messages))
     assert msg.tool_calls == [
         {"name": "get_flower_price", "args": {"flower": "rose"}, "id": msg.tool_calls[0]["id"], "type": "tool_call"}
     ]
     assert msg.content == ""
     assert msg.response_metadata["finish_reason"] == "tool_calls"
-    chunks = list(bound.stream(_messages(ex.messages)))
+    chunks = list(bound.stream(as_messages(ex.messages)))
     calls = [tc for c in chunks for tc in c.tool_call_chunks]
     assert [(c["name"], json.loads(c["args"] or "{}")) for c in calls] == [("get_flower_price", {"flower": "rose"})]
 
@@ -70,9 +53,9 @@ def test_auto_tool_choice_parses_the_models_call(chat: BaseChatModel) -> None:
 def test_two_turn_tool_loop(chat: BaseChatModel) -> None:
     ex = TOOL_EXAMPLES[0]
     bound = chat.bind_tools([PRICE_TOOL])
-    first = bound.invoke(_messages(ex.messages))
+    first = bound.invoke(as_messages(ex.messages))
     call = first.tool_calls[0]
-    history = [*_messages(ex.messages), first, ToolMessage('{"price": 12}', tool_call_id=call["id"])]
+    history = [*as_messages(ex.messages), first, ToolMessage('{"price": 12}', tool_call_id=call["id"])]
     second = bound.invoke(history)
     assert second.content == "A rose costs 12 yuan."
     assert second.tool_calls == []

@@ -11,14 +11,7 @@ import pytest
 
 from langchain_localllm._core.bridge import aiterate_in_thread, iterate_in_thread, pull
 
-
-def bridge_threads() -> list[threading.Thread]:
-    """Per-call bridge threads still alive (the long-lived CUDA worker is not one)."""
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("langchain-localllm") and not t.name.startswith("langchain-localllm-cuda")
-    ]
+from .conftest import CUDA_WORKER_THREAD, bridge_threads
 
 
 def counting_producer(limit: int, produced: list[int]) -> Callable[[Callable[[int], None], threading.Event], None]:
@@ -143,3 +136,20 @@ async def test_aiterate_task_cancellation_stops_the_worker() -> None:
     n = len(seen)
     await asyncio.sleep(0.05)
     assert len(seen) == n  # nothing runs after cancellation
+
+
+def test_the_thread_guard_ignores_only_the_long_lived_cuda_worker() -> None:
+    # The guard every suite uses: a live per-call bridge thread counts, the process-wide
+    # CUDA worker (alive for good after any GPU test) does not.
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, name=CUDA_WORKER_THREAD, daemon=True)
+    leaked = threading.Thread(target=release.wait, name="langchain-localllm-producer", daemon=True)
+    worker.start()
+    leaked.start()
+    try:
+        assert bridge_threads() == [leaked]
+    finally:
+        release.set()
+        worker.join()
+        leaked.join()
+    assert bridge_threads() == []

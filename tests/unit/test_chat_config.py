@@ -24,21 +24,14 @@ from langchain_localllm._backends.transformers.generate import _Observer, _Row, 
 from langchain_localllm._backends.transformers.load import HFBundle
 from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget
 from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
-from langchain_localllm._core.cache import model_cache
 from langchain_localllm._core.output import FinishInfo, Piece
 from langchain_localllm.chat_models import HFLocalChatModel
 
-MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
-TINY_HF = MODELS / "tiny-chat"
-TINY_T5 = MODELS / "tiny-t5"
+from .conftest import TINY_HF, TINY_T5
+
+pytestmark = pytest.mark.usefixtures("no_weights_load")
+
 IM_END, ENDOFTEXT = 2, 0
-
-
-@pytest.fixture(autouse=True)
-def _no_weights_load() -> Any:
-    before = model_cache.info().loads
-    yield
-    assert model_cache.info().loads == before, "a unit test loaded model weights"
 
 
 @pytest.fixture(scope="module")
@@ -400,10 +393,16 @@ def drive(
     tokenizer: Any,
     answers: list[list[int]],
     stops: list[str],
+    *,
     budgets: list[int] | None = None,
     cancel: threading.Event | None = None,
+    cancel_at_step: int | None = None,
 ) -> tuple[list[Any], list[list[bool]]]:
-    """Feed ``answers`` (one token list per row) to the criterion a step at a time."""
+    """Feed ``answers`` (one token list per row) to the criterion a step at a time.
+
+    ``cancel`` is set just before step ``cancel_at_step`` (0-based) when that is given.
+    As in ``generate_rows``, rows still open at the end are finished unless cancelled.
+    """
     torch = pytest.importorskip("torch")
     n = len(answers)
     budgets = budgets or [100] * n
@@ -421,11 +420,14 @@ def drive(
     for step in range(max(len(a) for a in answers)):
         for row, answer in enumerate(answers):
             seqs[row].append(answer[step] if step < len(answer) else ENDOFTEXT)
+        if cancel is not None and step == cancel_at_step:
+            cancel.set()
         done = observer(torch.tensor(seqs), None)
         verdicts.append(done.tolist())
         if all(verdicts[-1]):
             break
-    observer.finish_all()
+    if cancel is None or not cancel.is_set():
+        observer.finish_all()
     return events, verdicts
 
 
@@ -490,12 +492,31 @@ def test_rows_finish_independently(tokenizer: Any) -> None:
 
 
 def test_cancel_stops_every_row(tokenizer: Any) -> None:
+    short = tokenizer.encode("4", add_special_tokens=False)  # ends with its EOS at step 1
+    a = tokenizer.encode("To keep cut flowers fresh, trim the stems.", add_special_tokens=False)
+    b = tokenizer.encode("Sunflowers follow the sun.", add_special_tokens=False)
+    assert len(short) == 1
+    assert min(len(a), len(b)) > 5
     cancel = threading.Event()
-    cancel.set()
+    answers = [[*short, IM_END], [*a, IM_END], [*b, IM_END]]
+    events, verdicts = drive(tokenizer, answers, [], cancel=cancel, cancel_at_step=3)
+    # The open rows end at the step that sees the cancel, long before their EOS.
+    assert verdicts == [[False, False, False], [True, False, False], [True, False, False], [True, True, True]]
+    # Nothing after that step was read (whether that step's own tokens are is not the
+    # point). The row that had finished keeps its FinishEvent; the cancelled rows get
+    # none (their consumer has gone).
+    assert texts(events, 0) == "4"
+    for row, ids in ((1, a), (2, b)):
+        assert texts(events, row) in (tokenizer.decode(ids[:3]), tokenizer.decode(ids[:4]))
+    finished = [(row, p.finish.finish_reason, p.finish.completion_tokens) for row, p in events if p.finish is not None]
+    assert finished == [(0, "stop", 2)]
+
+
+def test_cancel_set_before_the_first_step_stops_at_once(tokenizer: Any) -> None:
     ids = tokenizer.encode("To keep cut flowers fresh", add_special_tokens=False)
-    events, verdicts = drive(tokenizer, [[*ids, IM_END]], [], cancel=cancel)
+    events, verdicts = drive(tokenizer, [[*ids, IM_END]], [], cancel=threading.Event(), cancel_at_step=0)
     assert verdicts == [[True]]
-    assert all(piece.finish is None for _, piece in events[:-1])
+    assert [(row, piece.text, piece.finish) for row, piece in events] in ([], [(0, tokenizer.decode(ids[:1]), None)])
 
 
 # -- batch plans -----------------------------------------------------------------------

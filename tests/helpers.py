@@ -1,0 +1,58 @@
+"""Helpers shared by the unit and the integration tests (re-exported by their conftest files).
+
+Model paths and the thread guards: nothing here loads a model or imports a heavy backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from langchain_localllm._backends.transformers.device import THREAD_NAME as CUDA_WORKER_THREAD
+
+__all__ = [
+    "BAD",
+    "CORPUS",
+    "CUDA_WORKER_THREAD",
+    "MODELS",
+    "TINY_GGUF",
+    "TINY_HF",
+    "TINY_T5",
+    "bridge_threads",
+    "no_bridge_threads_soon",
+]
+
+MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
+CORPUS = MODELS / "corpus.jsonl"
+TINY_GGUF = MODELS / "tiny-chat.gguf"
+TINY_HF = MODELS / "tiny-chat"
+TINY_T5 = MODELS / "tiny-t5"
+BAD = MODELS / "bad"
+
+
+def bridge_threads() -> list[threading.Thread]:
+    """Per-call bridge threads still alive.
+
+    The process-wide CUDA worker (``CUDA_WORKER_THREAD``) is not one: it is started on
+    first use and lives for the rest of the process, so after a GPU test it is always there.
+    """
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("langchain-localllm") and not t.name.startswith(CUDA_WORKER_THREAD)
+    ]
+
+
+async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:
+    """True once no bridge thread is left, waiting up to ``seconds``.
+
+    An abandoned async generator is closed by the event loop's finalizer hook a loop
+    iteration or two after it is dropped, so allow a moment; a worker that kept
+    generating would still be alive after seconds of a never-ending grammar.
+    """
+    for _ in range(int(seconds / 0.01)):
+        if not bridge_threads():
+            return True
+        await asyncio.sleep(0.01)
+    return not bridge_threads()
