@@ -8,12 +8,15 @@ from contextlib import aclosing, closing
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.prompt_values import PromptValue
 from pydantic import ConfigDict, field_validator
 
 from langchain_localllm._backends.llamacpp.model import LlamaCppModel
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, TextPrompt
+from langchain_localllm._core.messages import refuse_bytes
 from langchain_localllm._core.output import ChunkAggregate, llm_chunk
 from langchain_localllm._core.stop import merge_stops
 
@@ -93,6 +96,10 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
             "json_schema": self.json_schema,
         }
 
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        refuse_bytes(model_input)
+        return super()._convert_input(model_input)
+
     # -- generation ---------------------------------------------------------------
 
     def _prompt(self, prompt: str) -> Prompt:
@@ -103,7 +110,7 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
         messages = [{"role": "user", "content": prompt}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return ChatPrompt(messages, raw_fallback=prompt)
+        return ChatPrompt(messages, raw_fallback=prompt, literal=not self.allow_control_tokens_in_content)
 
     def _request(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerateRequest[Any]:
         return GenerateRequest(self._prompt(prompt), self._sampling(kwargs), merge_stops(self.stop, stop))

@@ -63,6 +63,8 @@ class ChatPrompt:
     """A template used instead of the model's own."""
     raw_fallback: str | None = None
     """Text sent as-is when the model has no template (``LocalGGMLLLM``'s ``"auto"``); None: an error."""
+    literal: bool = True
+    """Contents are literal text: control-token strings in them never become control tokens."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,15 @@ from langchain_core.messages import (
 
 from langchain_localllm.errors import InvalidParameterError, UnsupportedContentError
 
-__all__ = ["ChatDict", "UnsupportedContentError", "content_text", "fold_system", "plain_text_prompt", "to_chat_dicts"]
+__all__ = [
+    "ChatDict",
+    "UnsupportedContentError",
+    "content_text",
+    "fold_system",
+    "plain_text_prompt",
+    "refuse_bytes",
+    "to_chat_dicts",
+]
 
 ChatDict = dict[str, Any]
 
@@ -200,3 +208,14 @@ def plain_text_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
         role = str(message.get("role", "user"))
         lines.append(f"{role.capitalize()}: {message.get('content') or ''}")
     return "\n".join(lines)
+
+
+def refuse_bytes(model_input: object) -> None:
+    """A prompt given as bytes is an error that says to decode it (LangChain would iterate its ints).
+
+    Raises:
+        InvalidParameterError: ``model_input`` is ``bytes``, ``bytearray`` or ``memoryview``.
+    """
+    if isinstance(model_input, bytes | bytearray | memoryview):
+        msg = "the prompt is bytes; decode it to text first, e.g. prompt.decode('utf-8')"
+        raise InvalidParameterError(msg)

@@ -29,6 +29,13 @@ class LocalModel(BaseModel):
     stop: list[str] | None = None
     """Stop strings, merged with those given per call; never part of the output. Default: None."""
 
+    allow_control_tokens_in_content: bool = False
+    """Parse control-token text (``<|im_start|>``, ``<|eot_id|>``...) inside message contents as
+    control tokens, as llama-cpp-python and transformers do. Off: contents (user, system, assistant,
+    tool results, tool-call arguments) are literal text, so a user message or a retrieved document
+    cannot forge conversation turns; benign prompts give the same token ids either way (see
+    docs/security.md). Default: False."""
+
     _backend_slot: BaseBackend[Any, Any] | None = PrivateAttr(default=None)
     _ls_model_type: ClassVar[str] = "chat"
     _provider: ClassVar[str]

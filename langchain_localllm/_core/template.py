@@ -97,11 +97,12 @@ def _current() -> _Budget:
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise ChatTemplateError(message)
+    msg = f"the chat template raised an error: {message}"
+    raise ChatTemplateError(msg)
 
 
 def _strftime_now(fmt: str) -> str:
-    return dt.datetime.now(tz=dt.timezone.utc).strftime(fmt)
+    return dt.datetime.now().astimezone().strftime(fmt)  # local time, as transformers' templates get it
 
 
 def _tojson(

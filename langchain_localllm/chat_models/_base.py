@@ -18,10 +18,11 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 
 from langchain_localllm._core.backend import BaseBackend, ChatPrompt, GenerateRequest
-from langchain_localllm._core.messages import to_chat_dicts
+from langchain_localllm._core.messages import refuse_bytes, to_chat_dicts
 from langchain_localllm._core.model import LocalModel
 from langchain_localllm._core.output import ChunkAggregate
 from langchain_localllm._core.settings import Settings, check_known
@@ -63,6 +64,10 @@ class LocalChatModel(LocalModel, BaseChatModel):
         del options
         return self._backend()
 
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        refuse_bytes(model_input)
+        return super()._convert_input(model_input)
+
     # -- the one generation path --------------------------------------------------------
 
     def _request(
@@ -73,7 +78,10 @@ class LocalChatModel(LocalModel, BaseChatModel):
         sampling = self._sampling({k: v for k, v in kwargs.items() if k not in CHAT_OPTIONS})
         backend = self._backend_for(kwargs)
         prompt = ChatPrompt(
-            to_chat_dicts(messages), tools=plan.tools if plan.active else None, chat_template=self.chat_template
+            to_chat_dicts(messages),
+            tools=plan.tools if plan.active else None,
+            chat_template=self.chat_template,
+            literal=not self.allow_control_tokens_in_content,
         )
         request = GenerateRequest(prompt, sampling, merge_stops(self.stop, stop), plan, kwargs.get("json_schema"))
         return backend, request, plan
@@ -143,7 +151,12 @@ class LocalChatModel(LocalModel, BaseChatModel):
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Count the prompt tokens ``messages`` render to with the chat template (and ``tools``; loads the model)."""
         dicts = to_chat_dicts(convert_to_messages(messages))
-        prompt = ChatPrompt(dicts, tools=convert_tools(tools) if tools else None, chat_template=self.chat_template)
+        prompt = ChatPrompt(
+            dicts,
+            tools=convert_tools(tools) if tools else None,
+            chat_template=self.chat_template,
+            literal=not self.allow_control_tokens_in_content,
+        )
         return len(self._backend().render(prompt))
 
     # -- tools and structured output ------------------------------------------------------

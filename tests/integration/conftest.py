@@ -183,10 +183,13 @@ def gguf_metadata(path: Path, key: str) -> Any:
     return gguf.GGUFReader(str(path)).fields[key].contents()
 
 
-def write_gguf_variant(dst: Path, changes: dict[str, Any], src: Path = TINY_GGUF) -> Path:
+def write_gguf_variant(
+    dst: Path, changes: dict[str, Any], src: Path = TINY_GGUF, add: dict[str, tuple[Any, Any]] | None = None
+) -> Path:
     """Copy the GGUF ``src`` to ``dst`` with some metadata values replaced; returns ``dst``.
 
-    Every key of ``changes`` must already be in ``src`` (its value type is kept). The
+    Every key of ``changes`` must already be in ``src`` (its value type is kept); ``add``
+    gives new keys as ``(value, gguf.GGUFValueType)``. The
     tensors are copied as they are, so the variant answers like the fixture unless the
     changed metadata changes the prompt. Build variants in ``tmp_path``; commit none.
     """
@@ -203,6 +206,8 @@ def write_gguf_variant(dst: Path, changes: dict[str, Any], src: Path = TINY_GGUF
         sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
         value = changes[field.name] if field.name in changes else field.contents()
         writer.add_key_value(field.name, value, kind, sub_type=sub_type)
+    for key, (value, kind) in (add or {}).items():
+        writer.add_key_value(key, value, kind)
     for tensor in reader.tensors:
         writer.add_tensor_info(
             tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type

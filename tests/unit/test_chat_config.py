@@ -314,7 +314,7 @@ def test_template_that_rejects_system_gets_it_folded(tokenizer: Any) -> None:
 
 def test_broken_template_is_a_chat_template_error(tokenizer: Any) -> None:
     bundle = fake_bundle(tokenizer)
-    with pytest.raises(ChatTemplateError, match="failed to render"):
+    with pytest.raises(ChatTemplateError, match="'tiny': the chat template raised an error: nope"):
         render_prompt(bundle, [{"role": "user", "content": "x"}], chat_template="{{ raise_exception('nope') }}")
 
 

@@ -158,7 +158,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     for module in (hf_backend, hf_batch):
         monkeypatch.setattr(module, "generate_rows", fake_generate_rows)
-        monkeypatch.setattr(module, "render_prompt", lambda bundle, conversation, template, tools=None: [1, 2])
+        monkeypatch.setattr(module, "render_prompt", lambda bundle, conversation, template, tools=None, **kw: [1, 2])
     return threads
 
 

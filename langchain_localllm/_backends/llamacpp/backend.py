@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_localllm._backends.llamacpp.generate import generate_pieces
-from langchain_localllm._backends.llamacpp.gguf import file_identity
+from langchain_localllm._backends.llamacpp.gguf import check_model_file, file_identity
 from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
-from langchain_localllm._backends.llamacpp.load import LlamaModel, load_llama, native_logger, tokenize_prompt
+from langchain_localllm._backends.llamacpp.load import (
+    LlamaModel,
+    load_llama,
+    native_logger,
+    tokenize,
+    tokenize_prompt,
+    with_bos,
+)
 from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling, gguf_model_name
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
-from langchain_localllm._core.hub import offline
-from langchain_localllm._core.messages import fold_system
+from langchain_localllm._core.hub import forbid_hub_network, offline
+from langchain_localllm._core.literal import prompt_ids
+from langchain_localllm._core.messages import ChatDict, fold_system
 from langchain_localllm._core.output import Piece
 from langchain_localllm._core.template import render_chat_template
 from langchain_localllm.errors import (
@@ -73,6 +81,8 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
         assert s.repo_id is not None  # noqa: S101 - guaranteed by the field validator
         assert s.filename is not None  # noqa: S101
         no_downloads = offline(s.local_files_only)
+        if no_downloads:
+            forbid_hub_network()
         try:
             return Path(
                 hf_hub_download(
@@ -95,11 +105,8 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
     def cache_key(self) -> Hashable:
         """File identity (real path, size, mtime) plus how it is loaded."""
         path = self.model_file()
-        try:
-            return ("llama_cpp", file_identity(path), self._load_key)
-        except FileNotFoundError as e:
-            msg = f"model file not found: {path}"
-            raise ModelNotFoundError(msg) from e
+        check_model_file(path)  # missing, a directory, a symlink loop, a pipe: a clear error, nothing opened
+        return ("llama_cpp", file_identity(path), self._load_key)
 
     def _load_model(self) -> LlamaModel:
         if self.verbose:
@@ -135,17 +142,28 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
                 )
             return tokenize_prompt(model, prompt.raw_fallback)
         variables: dict[str, Any] = {"bos_token": model.bos_text, "eos_token": model.eos_text}
-        messages = prompt.messages
+
+        def render(messages: Sequence[ChatDict]) -> str:
+            return render_chat_template(template, messages, add_generation_prompt=True, tools=prompt.tools, **variables)
+
+        def ids(messages: Sequence[ChatDict]) -> list[int]:
+            return prompt_ids(
+                render,
+                messages,
+                controls=model.controls,
+                tokenize=lambda text, special: tokenize(model, text, special=special),
+                literal=prompt.literal,
+                name=str(model.info.path),
+            )
+
         try:
-            text = render_chat_template(template, messages, add_generation_prompt=True, tools=prompt.tools, **variables)
+            tokens = ids(prompt.messages)
         except ChatTemplateError:
-            if not any(m.get("role") == "system" for m in messages):
+            if not any(m.get("role") == "system" for m in prompt.messages):
                 raise
             # A template that rejects a system role: fold the system text into the first user turn.
-            text = render_chat_template(
-                template, fold_system(messages), add_generation_prompt=True, tools=prompt.tools, **variables
-            )
-        return tokenize_prompt(model, text)
+            tokens = ids(fold_system(prompt.messages))
+        return with_bos(model, tokens)
 
     # -- generation ---------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ clear error, instead of inside the native loader).
 from __future__ import annotations
 
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,11 @@ class GGUFInfo:
         eos_token_id: ``tokenizer.ggml.eos_token_id`` if present.
         add_bos_token: ``tokenizer.ggml.add_bos_token`` if present.
         tensor_count: Number of tensors in the file.
+        n_layer: ``<arch>.block_count``, checked against the ``blk.N`` tensors.
+        n_embd: ``<arch>.embedding_length``.
+        n_head: ``<arch>.attention.head_count``.
+        n_head_kv: ``<arch>.attention.head_count_kv``.
+        n_vocab: The number of tokens in the vocabulary.
     """
 
     path: Path
@@ -66,6 +73,11 @@ class GGUFInfo:
     eos_token_id: int | None
     add_bos_token: bool | None
     tensor_count: int
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    n_head_kv: int | None = None
+    n_vocab: int | None = None
 
 
 def sniff_format(path: Path) -> str:
@@ -92,22 +104,45 @@ def sniff_format(path: Path) -> str:
 
 
 def check_model_file(path: Path) -> None:
-    """Raise :class:`ModelNotFoundError` unless ``path`` is an existing regular file."""
-    if not path.exists():
+    """Raise unless ``path`` is an existing regular file (never opens a pipe, device or socket).
+
+    Raises:
+        ModelNotFoundError: Missing, a directory, or a symlink loop.
+        InvalidModelFileError: Not a regular file (a named pipe, a device...).
+    """
+    try:
+        mode = path.stat().st_mode  # follows symlinks
+    except FileNotFoundError as e:
         msg = f"model file not found: {path}"
-        raise ModelNotFoundError(msg)
-    if path.is_dir():
+        raise ModelNotFoundError(msg) from e
+    except OSError as e:  # ELOOP (a symlink loop), ENAMETOOLONG, EACCES...
+        msg = f"model file {path} cannot be reached ({e.strerror or e}); check the path and its symlinks"
+        raise ModelNotFoundError(msg) from e
+    if stat.S_ISDIR(mode):
         msg = f"model_path must be a .gguf file, but {path} is a directory; name the file inside it"
         raise ModelNotFoundError(msg)
+    if not stat.S_ISREG(mode):
+        msg = f"{path} is not a regular file (a named pipe, socket or device); point model_path at a .gguf file"
+        raise InvalidModelFileError(msg)
+
+
+MAX_LAYERS = 4096
+"""More ``block_count`` than any published model has; beyond it a file is refused."""
+MAX_EXPERTS = 512
+"""llama.cpp's own limit on experts per layer (``LLAMA_MAX_EXPERTS``)."""
+MAX_CONTEXT = 1 << 24
+"""Largest declared ``context_length`` accepted (16M tokens). llama-cpp-python sizes per-call
+token buffers by it: 2^28 would make every tokenize call allocate 1 GB."""
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """Validate a GGUF file's header, metadata and tensor table, and return its info.
+    """Validate a GGUF file's header, metadata, hyperparameters and tensor table; return its info.
 
     Raises:
-        ModelNotFoundError: The path does not exist or is a directory.
+        ModelNotFoundError: The path does not exist, is a directory or a symlink loop.
         LegacyGGMLFormatError: The file is GGML/GGMF/GGJT.
-        InvalidModelFileError: The file is not GGUF, or is truncated or corrupt.
+        InvalidModelFileError: The file is not GGUF, is truncated or corrupt, or its
+            hyperparameters disagree with its tensors (which would crash llama.cpp).
     """
     sniff_format(path)
     from gguf import GGUFReader  # noqa: PLC0415 - numpy-heavy, only needed here
@@ -115,48 +150,115 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     size = path.stat().st_size
     try:
         reader = GGUFReader(path)  # a read-only memory map, released with `reader`
-        fields = {
-            name: reader.get_field(name)
-            for name in (
-                "general.architecture",
-                "general.name",
-                "tokenizer.chat_template",
-                "tokenizer.ggml.bos_token_id",
-                "tokenizer.ggml.eos_token_id",
-                "tokenizer.ggml.add_bos_token",
-            )
-        }
-        values: dict[str, Any] = {
-            name: (field.contents() if field is not None else None) for name, field in fields.items()
-        }
-        arch = values["general.architecture"]
-        ctx_field = reader.get_field(f"{arch}.context_length") if arch else None
-        context_length = int(ctx_field.contents()) if ctx_field is not None else None
-        overrun = [t.name for t in reader.tensors if t.data_offset + t.n_bytes > size]
-        tensor_count = len(reader.tensors)
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError) as e:
+        values: dict[str, Any] = {}
+        for field in reader.fields.values():
+            if not field.types or field.types[0].name != "ARRAY":  # scalars and strings only
+                values[field.name] = field.contents()
+        # The offset as stored (gguf adds it to the data start in uint64, which wraps): Python ints here.
+        tensors = [
+            (str(t.name), reader.data_offset + int(t.field.parts[-1][0]), int(t.n_bytes), [int(d) for d in t.shape])
+            for t in reader.tensors
+        ]
+        vocab = reader.fields.get("tokenizer.ggml.tokens")
+        n_vocab = len(vocab.data) if vocab is not None else None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, MemoryError) as e:
         msg = f"{path} is not a valid GGUF file (truncated or corrupt: {e}). Download it again."
         raise InvalidModelFileError(msg) from e
+    overrun = [name for name, offset, n_bytes, _ in tensors if offset + n_bytes > size]  # Python ints: no wrap
     if overrun:
         msg = (
             f"{path} is truncated: tensor data of {overrun[0]!r} and {len(overrun) - 1} more "
             f"lies past the end of the file ({size} bytes). Download it again."
         )
         raise InvalidModelFileError(msg)
+    arch = values.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         msg = f"{path} has no general.architecture metadata; it is not a usable GGUF model"
         raise InvalidModelFileError(msg)
+    hyper = _check_hyperparameters(path, arch, values, tensors)
     return GGUFInfo(
         path=path,
         architecture=arch,
-        name=values["general.name"],
-        context_length=context_length,
-        chat_template=values["tokenizer.chat_template"],
-        bos_token_id=_opt_int(values["tokenizer.ggml.bos_token_id"]),
-        eos_token_id=_opt_int(values["tokenizer.ggml.eos_token_id"]),
-        add_bos_token=_opt_bool(values["tokenizer.ggml.add_bos_token"]),
-        tensor_count=tensor_count,
+        name=values.get("general.name"),
+        context_length=hyper.get("context_length"),
+        chat_template=values.get("tokenizer.chat_template"),
+        bos_token_id=_opt_int(values.get("tokenizer.ggml.bos_token_id")),
+        eos_token_id=_opt_int(values.get("tokenizer.ggml.eos_token_id")),
+        add_bos_token=_opt_bool(values.get("tokenizer.ggml.add_bos_token")),
+        tensor_count=len(tensors),
+        n_layer=hyper.get("block_count"),
+        n_embd=hyper.get("embedding_length"),
+        n_head=hyper.get("attention.head_count"),
+        n_head_kv=hyper.get("attention.head_count_kv"),
+        n_vocab=n_vocab,
     )
+
+
+_COUNTS = (
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "expert_count",
+    "expert_used_count",
+)
+
+
+def _check_hyperparameters(
+    path: Path, arch: str, values: dict[str, Any], tensors: list[tuple[str, int, int, list[int]]]
+) -> dict[str, int]:
+    """The integer hyperparameters, checked against the tensors and llama.cpp's limits."""
+    hyper: dict[str, int] = {}
+    for key in _COUNTS:
+        value = values.get(f"{arch}.{key}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+            raise _crafted(path, f"{arch}.{key} = {value!r} is not a valid count")
+        hyper[key] = value
+    _check_layers(path, arch, hyper.get("block_count"), tensors)
+    context = hyper.get("context_length")
+    if context is not None and not 0 < context <= MAX_CONTEXT:
+        raise _crafted(path, f"{arch}.context_length = {context} (must be 1 to {MAX_CONTEXT})")
+    _check_experts(path, arch, hyper, tensors)
+    return hyper
+
+
+def _crafted(path: Path, detail: str) -> InvalidModelFileError:
+    return InvalidModelFileError(
+        f"{path} is corrupt or crafted: {detail}. llama.cpp would abort on it; use an unmodified GGUF file."
+    )
+
+
+def _check_layers(path: Path, arch: str, n_layer: int | None, tensors: list[tuple[str, int, int, list[int]]]) -> None:
+    if n_layer is None:
+        return
+    if n_layer > MAX_LAYERS:
+        raise _crafted(path, f"{arch}.block_count = {n_layer} (more than {MAX_LAYERS})")
+    layers = {int(m.group(1)) for name, *_ in tensors if (m := _BLOCK.match(name))}
+    if layers != set(range(n_layer)):
+        have = f"blk.0 to blk.{max(layers)}" if layers else "none"
+        raise _crafted(path, f"{arch}.block_count = {n_layer} but the file has layer tensors {have}")
+
+
+def _check_experts(
+    path: Path, arch: str, hyper: dict[str, int], tensors: list[tuple[str, int, int, list[int]]]
+) -> None:
+    experts = hyper.get("expert_count", 0)
+    used = hyper.get("expert_used_count", 0)
+    shapes = [shape for name, *_, shape in tensors if "_exps" in name]
+    if experts > MAX_EXPERTS:
+        raise _crafted(path, f"{arch}.expert_count = {experts} (llama.cpp supports at most {MAX_EXPERTS})")
+    if experts and not shapes:
+        raise _crafted(path, f"{arch}.expert_count = {experts} on a model without expert tensors")
+    if shapes and any(len(shape) < 3 or shape[2] != experts for shape in shapes):  # noqa: PLR2004 - (in, out, experts)
+        raise _crafted(path, f"{arch}.expert_count = {experts} does not match the expert tensors")
+    if experts and used > experts:
+        raise _crafted(path, f"{arch}.expert_used_count = {used} exceeds expert_count = {experts}")
+
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 def _opt_int(value: Any) -> int | None:

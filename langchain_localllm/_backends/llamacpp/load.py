@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import io
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -19,9 +21,10 @@ from typing import Any
 from langchain_localllm._backends.llamacpp.gguf import GGUFInfo, read_gguf_info
 from langchain_localllm._backends.llamacpp.settings import LoadSettings
 from langchain_localllm._core.imports import import_optional
-from langchain_localllm.errors import ModelLoadError
+from langchain_localllm._core.literal import ControlTokens
+from langchain_localllm.errors import InvalidParameterError, ModelLoadError
 
-__all__ = ["LlamaModel", "llama_cpp_module", "load_llama", "native_logger", "tokenize_prompt"]
+__all__ = ["LlamaModel", "llama_cpp_module", "load_llama", "native_logger", "tokenize", "tokenize_prompt", "with_bos"]
 
 logger = logging.getLogger("langchain_localllm")
 native_logger = logging.getLogger("langchain_localllm.llama_cpp")
@@ -77,6 +80,8 @@ class LlamaModel:
     add_bos: bool
     bos_text: str
     eos_text: str
+    controls: ControlTokens = field(default_factory=lambda: ControlTokens(()))
+    """The control tokens' texts (what user content must never turn into)."""
     checked_grammars: set[str] = field(default_factory=set)
 
     def close(self) -> None:
@@ -98,13 +103,15 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
     n_ctx = settings.n_ctx
     if n_ctx is None:
         n_ctx = min(info.context_length or DEFAULT_N_CTX_CAP, DEFAULT_N_CTX_CAP)
+    if settings.n_gpu_layers == 0:
+        _check_memory(info, n_ctx, settings)
     kwargs = settings.llama_kwargs(n_ctx)
     captured = io.StringIO()
     try:
         # verbose=True keeps llama-cpp-python from redirecting the process's file
         # descriptors (not thread-safe); its Python-level prints are captured and
         # logged, and the native log goes through our callback.
-        with contextlib.redirect_stderr(captured):
+        with contextlib.redirect_stderr(captured), _lazy_chat_formatters():
             llama = llama_cpp.Llama(model_path=str(path), verbose=True, **kwargs)
     except (ValueError, RuntimeError) as e:
         msg = f"llama.cpp could not load {path}: {e}. See the 'langchain_localllm.llama_cpp' log for details."
@@ -118,6 +125,10 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     pieces = [_token_piece(llama_cpp, vocab, t, special=False) for t in range(n_vocab)]
     eog = frozenset(t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
+    control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    controls = ControlTokens(
+        _token_text(llama_cpp, vocab, t) for t in range(n_vocab) if llama_cpp.llama_vocab_get_attr(vocab, t) & control
+    )
     bos = llama_cpp.llama_vocab_bos(vocab)
     eos = llama_cpp.llama_vocab_eos(vocab)
     return LlamaModel(
@@ -132,7 +143,74 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
         add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         bos_text=_token_text(llama_cpp, vocab, bos),
         eos_text=_token_text(llama_cpp, vocab, eos),
+        controls=controls,
     )
+
+
+_formatter_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _lazy_chat_formatters() -> Iterator[None]:
+    """While ``Llama()`` loads, compile the file's embedded chat templates only when first used.
+
+    llama-cpp-python compiles every ``tokenizer.chat_template*`` of a file at load, for its
+    own ``create_chat_completion``, which this package never calls: a template that does
+    not compile would make the whole file unloadable, even with ``prompt_format="raw"``.
+    The stand-in builds the same handler on first use, so ``create_chat_completion``
+    still behaves as before (a broken template then fails there, not at load).
+    """
+    formats: Any = importlib.import_module("llama_cpp.llama_chat_format")
+    original = formats.Jinja2ChatFormatter
+
+    class LazyFormatter:
+        def __init__(self, **kwargs: Any) -> None:
+            self._kwargs = kwargs
+
+        def to_chat_handler(self) -> Any:
+            kwargs = self._kwargs
+
+            def handler(*args: Any, **call_kwargs: Any) -> Any:
+                return original(**kwargs).to_chat_handler()(*args, **call_kwargs)
+
+            return handler
+
+    with _formatter_lock:
+        formats.Jinja2ChatFormatter = LazyFormatter
+        try:
+            yield
+        finally:
+            formats.Jinja2ChatFormatter = original
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:  # noqa: PTH123 - a pseudo-file, read once
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_memory(info: GGUFInfo, n_ctx: int, settings: LoadSettings) -> None:
+    """Refuse an ``n_ctx`` / ``n_batch`` whose buffers cannot fit in memory (llama.cpp would abort)."""
+    if not info.n_layer or not info.n_embd:
+        return
+    n_embd_kv = info.n_embd * info.n_head_kv // info.n_head if info.n_head and info.n_head_kv else info.n_embd
+    kv_cache = 2 * info.n_layer * n_ctx * n_embd_kv * 2  # K and V, f16
+    rows = n_ctx if settings.logits_all else min(settings.n_batch, n_ctx)
+    need = kv_cache + rows * (info.n_vocab or 0) * 4 + n_ctx * 4  # + the logits, + the token buffer
+    available = _available_memory()
+    if available is not None and need > available:
+        msg = (
+            f"n_ctx={n_ctx} with n_batch={settings.n_batch} needs about {need / 2**30:.1f} GiB for the KV cache "
+            f"and logits of {info.path}, but {available / 2**30:.1f} GiB of memory is available; lower n_ctx "
+            "(and n_batch)"
+        )
+        raise InvalidParameterError(msg)
 
 
 def _token_piece(llama_cpp: ModuleType, vocab: Any, token: int, *, special: bool) -> bytes:
@@ -152,13 +230,22 @@ def _token_text(llama_cpp: ModuleType, vocab: Any, token: int) -> str:
     return _token_piece(llama_cpp, vocab, token, special=True).decode("utf-8", errors="replace")
 
 
-def tokenize_prompt(model: LlamaModel, text: str) -> list[int]:
-    """Tokenize a fully formatted prompt (special tokens parsed), adding BOS once.
+def tokenize(model: LlamaModel, text: str, *, special: bool) -> list[int]:
+    """Token ids of ``text`` without BOS; ``special`` parses control-token text as control tokens."""
+    tokens: list[int] = model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+    return tokens
 
-    BOS is added only when the model asks for it and the text does not already
-    start with it (chat templates often render ``bos_token`` themselves).
+
+def with_bos(model: LlamaModel, tokens: list[int]) -> list[int]:
+    """``tokens`` with BOS in front when the model asks for it and it is not already there.
+
+    Chat templates often render ``bos_token`` themselves: it is never doubled.
     """
-    tokens: list[int] = model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     if model.add_bos and model.bos_id is not None and (not tokens or tokens[0] != model.bos_id):
         tokens.insert(0, model.bos_id)
     return tokens
+
+
+def tokenize_prompt(model: LlamaModel, text: str) -> list[int]:
+    """Tokenize model input given as text (special tokens parsed), adding BOS once."""
+    return with_bos(model, tokenize(model, text, special=True))

@@ -18,6 +18,11 @@ from langchain_localllm._core.settings import FieldGroup, Settings, hashable
 
 __all__ = ["LlamaCppLoadFields", "LlamaCppSamplingFields", "LoadSettings", "Sampling", "gguf_model_name"]
 
+INT32_MAX = 2**31 - 1
+"""llama.cpp keeps counts and sizes in 32-bit integers: larger values would wrap."""
+UINT32_MAX = 2**32 - 1
+"""``LLAMA_DEFAULT_SEED`` (random); seeds are below it."""
+
 SOURCE_FIELDS: set[str] = {"model_path", "repo_id", "filename", "revision", "cache_dir", "local_files_only"}
 """Load fields that say where the file is, not how llama.cpp loads it."""
 
@@ -51,28 +56,28 @@ class LlamaCppLoadFields(FieldGroup):
     """Never download; use only the local Hugging Face cache. ``HF_HUB_OFFLINE=1`` (or
     ``TRANSFORMERS_OFFLINE=1``) does the same. Default: False."""
 
-    n_ctx: int | None = Field(default=None, ge=1)
+    n_ctx: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Context window in tokens. Default: None = the model's trained context, capped at 4096."""
 
-    n_batch: int = Field(default=512, ge=1)
+    n_batch: int = Field(default=512, ge=1, le=INT32_MAX)
     """Prompt tokens evaluated per llama.cpp batch (prefill speed). Default: 512."""
 
-    n_ubatch: int | None = Field(default=None, ge=1)
+    n_ubatch: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Physical micro-batch size. Default: None (llama.cpp's default, 512)."""
 
-    n_threads: int | None = Field(default=None, ge=1)
+    n_threads: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Threads for generation. Default: None (llama.cpp picks from the CPU count)."""
 
-    n_threads_batch: int | None = Field(default=None, ge=1)
+    n_threads_batch: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Threads for prompt processing. Default: None (llama.cpp's choice)."""
 
-    n_gpu_layers: int = Field(default=0, ge=-1)
+    n_gpu_layers: int = Field(default=0, ge=-1, le=INT32_MAX)
     """Layers to offload to the GPU; -1 offloads all. Default: 0 (CPU only)."""
 
-    main_gpu: int | None = None
+    main_gpu: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """GPU used for the model when not split. Default: None (llama.cpp's default, 0)."""
 
-    split_mode: int | None = None
+    split_mode: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """How to split across GPUs (``llama_cpp.LLAMA_SPLIT_MODE_*``). Default: None (by layer)."""
 
     tensor_split: list[float] | None = None
@@ -81,10 +86,10 @@ class LlamaCppLoadFields(FieldGroup):
     flash_attn: bool | None = None
     """Use flash attention. Default: None (llama.cpp's default)."""
 
-    type_k: int | None = None
+    type_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """KV cache K type (``llama_cpp.GGML_TYPE_*``), e.g. 8 for Q8_0. Default: None (F16)."""
 
-    type_v: int | None = None
+    type_v: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """KV cache V type (``llama_cpp.GGML_TYPE_*``). Default: None (F16)."""
 
     rope_freq_base: float | None = None
@@ -93,7 +98,7 @@ class LlamaCppLoadFields(FieldGroup):
     rope_freq_scale: float | None = None
     """RoPE frequency scale; passed only when set. Default: None (from the model)."""
 
-    rope_scaling_type: int | None = None
+    rope_scaling_type: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     """RoPE scaling type (``llama_cpp.LLAMA_ROPE_SCALING_TYPE_*``). Default: None (from the model)."""
 
     use_mmap: bool = True
@@ -147,7 +152,7 @@ class LlamaCppSamplingFields(FieldGroup):
     top_p: float = Field(default=0.95, ge=0.0, le=1.0)
     """Nucleus sampling threshold. Default: 0.95."""
 
-    top_k: int = Field(default=40, ge=0)
+    top_k: int = Field(default=40, ge=0, le=INT32_MAX)
     """Sample among the k most likely tokens; 0 disables. Default: 40."""
 
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -162,13 +167,13 @@ class LlamaCppSamplingFields(FieldGroup):
     presence_penalty: float = 0.0
     """OpenAI-style presence penalty. Default: 0.0."""
 
-    max_tokens: int | None = Field(default=256, ge=1)
+    max_tokens: int | None = Field(default=256, ge=1, le=INT32_MAX)
     """Most tokens to generate; None = until end of turn or the context is full. Default: 256."""
 
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=UINT32_MAX - 1)
     """Sampling seed for reproducible non-greedy output. Default: None (random per call)."""
 
-    logprobs: int | None = Field(default=None, ge=0)
+    logprobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """Return each token's log-probability and this many top alternatives in
     ``generation_info["logprobs"]``. Loads the model with ``logits_all`` (a separate cache
     entry). Default: None (off)."""

@@ -24,6 +24,7 @@ def run_batch(
     chat_template: str | None,
     *,
     cancel: threading.Event,
+    literal: bool = True,
 ) -> list[list[Piece] | BaseException]:
     """Answer several conversations with one padded ``generate`` call, in this thread.
 
@@ -40,7 +41,7 @@ def run_batch(
             results.append(conversation)
             continue
         try:
-            prompt = render_prompt(bundle, conversation, chat_template)
+            prompt = render_prompt(bundle, conversation, chat_template, literal=literal)
             budget = row_budget(bundle, len(prompt), sampling.max_tokens)
         except Exception as e:  # noqa: BLE001 - reported for this input only
             results.append(e)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from langchain_localllm._backends.transformers.checkpoint import check_checkpoint, from_pretrained
 from langchain_localllm._backends.transformers.settings import LoadSpec
-from langchain_localllm._core.hub import offline
+from langchain_localllm._core.hub import forbid_hub_network, offline
 from langchain_localllm._core.imports import import_optional
-from langchain_localllm.errors import InvalidParameterError, MissingDependencyError, ModelNotFoundError
+from langchain_localllm._core.literal import ControlTokens
+from langchain_localllm.errors import InvalidParameterError, MissingDependencyError
 
 __all__ = ["HFBundle", "bundle_from_objects", "load_bundle"]
 
@@ -41,6 +44,8 @@ class HFBundle:
     context_window: int | None
     owned: bool = True
     """False for objects the user handed in: closing only drops our references."""
+    controls: ControlTokens = field(default_factory=lambda: ControlTokens(()))
+    """The tokenizer's special tokens' texts (what user content must never turn into)."""
 
     @property
     def device(self) -> Any:
@@ -108,7 +113,16 @@ def bundle_from_objects(model: Any, tokenizer: Any, *, name: str | None = None, 
         pad_id=int(pad),
         context_window=_context_window(model, tokenizer),
         owned=owned,
+        controls=ControlTokens(_special_texts(tokenizer)),
     )
+
+
+def _special_texts(tokenizer: Any) -> list[str]:
+    """The texts the tokenizer turns into special tokens (its special and special added tokens)."""
+    texts = [str(t) for t in getattr(tokenizer, "all_special_tokens", []) or []]
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    texts.extend(str(getattr(t, "content", t)) for t in decoder.values() if getattr(t, "special", False))
+    return texts
 
 
 def _quantization_config(spec: LoadSpec, torch: Any, transformers: Any) -> Any:
@@ -145,19 +159,19 @@ def load_bundle(spec: LoadSpec) -> HFBundle:
     source = spec.source()
     device = spec.resolved_device()
     no_downloads = offline(spec.local_files_only)
+    local = Path(source).is_dir()
+    if local:
+        check_checkpoint(Path(source))
+    if no_downloads or local:
+        forbid_hub_network()
     common: dict[str, Any] = {
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
         "local_files_only": no_downloads,
         "cache_dir": spec.cache_dir,
     }
-    try:
-        config = transformers.AutoConfig.from_pretrained(source, **common)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    except OSError as e:
-        where = "in the local Hugging Face cache (downloads are off)" if no_downloads else "locally or on the Hub"
-        msg = f"model {spec.model!r} was not found {where}: {e}"
-        raise ModelNotFoundError(msg) from e
+    config = from_pretrained(transformers.AutoConfig.from_pretrained, source, "config", local=local, **common)
+    tokenizer = from_pretrained(transformers.AutoTokenizer.from_pretrained, source, "tokenizer", local=local, **common)
 
     kwargs: dict[str, Any] = {**common, **dict(spec.model_kwargs)}
     dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # noqa: PLR2004
@@ -179,11 +193,7 @@ def load_bundle(spec: LoadSpec) -> HFBundle:
             raise MissingDependencyError(msg, name="accelerate")
         kwargs["device_map"] = device_map
     auto_class = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
-    try:
-        model = auto_class.from_pretrained(source, **kwargs)
-    except OSError as e:
-        msg = f"the weights of model {spec.model!r} could not be loaded: {e}"
-        raise ModelNotFoundError(msg) from e
+    model = from_pretrained(auto_class.from_pretrained, source, "weights", local=local, **kwargs)
     if device_map is None:
         model.to(device)
     return bundle_from_objects(model, tokenizer, name=spec.model, owned=True)

@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_localllm._backends.transformers.load import HFBundle
+from langchain_localllm._core.literal import prompt_ids
 from langchain_localllm._core.messages import ChatDict, fold_system, plain_text_prompt
+from langchain_localllm._core.template import render_chat_template
 from langchain_localllm.errors import ChatTemplateError, ContextWindowExceededError
 
 __all__ = ["render_prompt", "row_budget", "template_of"]
@@ -21,7 +23,11 @@ logger = logging.getLogger("langchain_localllm")
 
 
 def template_of(tokenizer: Any, override: str | None) -> Any:
-    return override if override is not None else getattr(tokenizer, "chat_template", None)
+    """The chat template in use: ``override``, else the tokenizer's own (a named ``"default"`` one)."""
+    template = override if override is not None else getattr(tokenizer, "chat_template", None)
+    if isinstance(template, Mapping):  # older checkpoints ship several named templates
+        template = template.get("default")
+    return template
 
 
 def render_prompt(
@@ -29,18 +35,25 @@ def render_prompt(
     messages: Sequence[ChatDict],
     chat_template: str | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    literal: bool = True,
 ) -> list[int]:
     """Render ``messages`` to prompt token ids with the model's chat template.
 
-    A template that rejects the system role gets the system text folded into the
-    first user turn. A seq2seq model without any template gets
-    :func:`~langchain_localllm._messages.plain_text_prompt`.
+    The template renders in the package's bounded sandbox with the variables
+    ``apply_chat_template`` gives it (the tokenizer's special tokens, ``tools``,
+    ``documents``), and the text is tokenized as ``apply_chat_template(tokenize=True)``
+    does (no added special tokens: no double BOS), with message contents as literal text
+    (:mod:`~langchain_localllm._core.literal`). A template that rejects the system role
+    gets the system text folded into the first user turn. A seq2seq model without any
+    template gets :func:`~langchain_localllm._core.messages.plain_text_prompt`.
 
     Raises:
         ChatTemplateError: No template (causal LM), or the template fails to render.
     """
     tokenizer = bundle.tokenizer
-    if not template_of(tokenizer, chat_template):
+    template = template_of(tokenizer, chat_template)
+    if not template:
         if bundle.is_seq2seq:
             return list(tokenizer(plain_text_prompt(messages))["input_ids"])
         msg = (
@@ -48,44 +61,31 @@ def render_prompt(
             "field (a Jinja string, e.g. copied from a model of the same family)"
         )
         raise ChatTemplateError(msg)
+    variables: dict[str, Any] = {**dict(getattr(tokenizer, "special_tokens_map", {}) or {}), "documents": None}
+
+    def render(conversation: Sequence[ChatDict]) -> str:
+        # apply_chat_template drops the keys whose value is None before rendering.
+        plain = [{k: v for k, v in m.items() if v is not None} for m in conversation]
+        return render_chat_template(template, plain, add_generation_prompt=True, tools=tools, **variables)
+
+    def encode(text: str, *, special: bool) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+
+    def ids(conversation: Sequence[ChatDict]) -> list[int]:
+        return prompt_ids(
+            render, conversation, controls=bundle.controls, tokenize=encode, literal=literal, name=repr(bundle.name)
+        )
+
     try:
-        return _apply_template(tokenizer, messages, chat_template, tools)
+        return ids(messages)
     except ChatTemplateError as first:
         if not any(m.get("role") == "system" for m in messages):
             raise
         logger.debug("chat template rejected the system role (%s); folding it into the first user turn", first)
         try:
-            return _apply_template(tokenizer, fold_system(messages), chat_template, tools)
+            return ids(fold_system(messages))
         except ChatTemplateError:
             raise first from None
-
-
-def _apply_template(
-    tokenizer: Any,
-    messages: Sequence[ChatDict],
-    chat_template: str | None,
-    tools: Sequence[Mapping[str, Any]] | None = None,
-) -> list[int]:
-    from jinja2 import TemplateError  # noqa: PLC0415 - jinja2 comes with transformers
-
-    try:
-        out = tokenizer.apply_chat_template(
-            list(messages),
-            chat_template=chat_template,
-            tools=list(tools) if tools else None,
-            tokenize=True,
-            add_generation_prompt=True,
-            return_dict=True,
-        )
-    except (TemplateError, ValueError, TypeError, KeyError) as e:
-        msg = f"the chat template failed to render these messages: {e}"
-        raise ChatTemplateError(msg) from e
-    ids = out["input_ids"] if isinstance(out, Mapping) else out
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    if ids and isinstance(ids[0], list):  # a batch of one
-        ids = ids[0]
-    return [int(i) for i in ids]
 
 
 def row_budget(bundle: HFBundle, prompt_tokens: int, max_tokens: int) -> int:

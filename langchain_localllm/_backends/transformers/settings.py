@@ -168,16 +168,16 @@ class HFSamplingFields(FieldGroup):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     """Nucleus sampling threshold (when sampling). Default: None (the model's generation config)."""
 
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Sample among the k most likely tokens (when sampling). Default: None (the model's generation config)."""
 
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     """Penalty for repeated tokens; 1.0 disables. Default: None (the model's generation config)."""
 
-    max_tokens: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=256, ge=1, le=2**31 - 1)
     """Most tokens to generate per answer (capped by the context window). Default: 256."""
 
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     """Seed for ``torch.manual_seed`` before sampling (process-wide RNG). Default: None."""
 
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
