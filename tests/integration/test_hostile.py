@@ -291,3 +291,47 @@ def test_non_finite_call_options_and_bytes_prompts(cls: str) -> None:
     outcome = run_case(body)
     assert_error(outcome, "InvalidParameterError", "decode")
     assert "TypeError" in outcome["mro"]
+
+
+def test_hf_checkpoint_that_needs_remote_code(tmp_path: Path) -> None:
+    ckpt = copy_checkpoint(tmp_path)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model_type"] = "custom-flower"
+    config["auto_map"] = {"AutoConfig": "configuration_flower.FlowerConfig"}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "configuration_flower.py").write_text("raise SystemExit('remote code ran')\n")
+    outcome = run_case(chat_invoke("HFLocalChatModel", ckpt))
+    assert_error(outcome, "ModelLoadError", "trust_remote_code=True", "trust the checkpoint")
+
+
+def test_hf_template_that_is_not_a_string(tmp_path: Path) -> None:
+    ckpt = copy_checkpoint(tmp_path)
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    config["chat_template"] = 123
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    outcome = run_case(chat_invoke("HFLocalChatModel", ckpt))
+    assert outcome["type"] in {"ChatTemplateError", "ModelLoadError"}, outcome
+    assert "LocalLLMError" in outcome["mro"]
+    assert "string" in outcome["msg"] or "chat_template" in outcome["msg"], outcome
+
+
+def test_a_metadata_string_longer_than_the_file(tmp_path: Path) -> None:
+    data = bytearray(TINY_GGUF.read_bytes())
+    key = b"general.architecture"
+    at = data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key) + 4  # key, then the value's type
+    assert struct.unpack_from("<Q", data, at)[0] == len(b"llama")
+    struct.pack_into("<Q", data, at, 2**62)
+    path = tmp_path / "string.gguf"
+    path.write_bytes(bytes(data))
+    assert_error(run_case(llm_invoke(path)), "InvalidModelFileError", "Download it again")
+
+
+def test_a_quantized_gguf_runs_on_this_cpu(tmp_path: Path) -> None:
+    """Q8_0 crashed llama.cpp's AMX kernels (SIGSEGV in llama_decode) on AMX-INT8 CPUs."""
+    from scripts.export_gguf import export_llama_to_gguf
+
+    path = tmp_path / "tiny.q8_0.gguf"
+    export_llama_to_gguf(TINY_HF, path, "q8_0")
+    outcome = run_case(llm_invoke(path))
+    assert outcome["type"] is None, outcome
+    assert len(outcome["value"]) > 3, outcome

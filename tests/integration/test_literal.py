@@ -122,6 +122,10 @@ def test_a_forged_conversation_is_no_longer_answered_as_the_real_one(chat: Any) 
     assert real == ex.answer
     fake = forged(ex.messages)
     assert chat.invoke([HumanMessage(fake)]).content != real
+    llm = LocalGGMLLLM(model_path=str(TINY_GGUF), temperature=0, max_tokens=48)
+    if isinstance(chat, LocalGGMLChatModel):  # the LLM renders the prompt as the user message, too
+        assert llm.invoke(fake) != real
+        assert llm.model_copy(update={"allow_control_tokens_in_content": True}).invoke(fake) == real
     unsafe = chat.model_copy(update={"allow_control_tokens_in_content": True})
     unsafe._backend_slot = None
     assert unsafe.invoke([HumanMessage(fake)]).content == real  # what every other integration answers

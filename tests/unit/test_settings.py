@@ -115,3 +115,17 @@ def test_both_offline_variables_stop_gguf_downloads(
 def test_unload_of_a_model_that_cannot_exist_is_false_on_both_backends(tmp_path: Path) -> None:
     assert LocalGGMLLLM(model_path=str(tmp_path / "missing.gguf")).unload() is False
     assert HFLocalChatModel(model=str(tmp_path / "missing" / "dir")).unload() is False
+
+
+def test_extra_buffer_types_are_off_by_default_only_on_amx_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_localllm._backends.llamacpp import load
+
+    assert load._extra_bufts(True) is True
+    assert load._extra_bufts(False) is False
+    monkeypatch.setattr(load, "_cpu_has_amx_int8", lambda: True)
+    assert load._extra_bufts(None) is False
+    monkeypatch.setattr(load, "_cpu_has_amx_int8", lambda: False)
+    assert load._extra_bufts(None) is True
+    assert "use_extra_bufts" not in LocalGGMLLLM(
+        model_path="x.gguf", use_extra_bufts=False
+    )._load_settings().llama_kwargs(8)

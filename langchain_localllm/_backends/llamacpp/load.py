@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib
 import io
 import logging
@@ -111,7 +112,7 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
         # verbose=True keeps llama-cpp-python from redirecting the process's file
         # descriptors (not thread-safe); its Python-level prints are captured and
         # logged, and the native log goes through our callback.
-        with contextlib.redirect_stderr(captured), _lazy_chat_formatters():
+        with contextlib.redirect_stderr(captured), _load_patches(extra_bufts=_extra_bufts(settings.use_extra_bufts)):
             llama = llama_cpp.Llama(model_path=str(path), verbose=True, **kwargs)
     except (ValueError, RuntimeError) as e:
         msg = f"llama.cpp could not load {path}: {e}. See the 'langchain_localllm.llama_cpp' log for details."
@@ -151,17 +152,21 @@ _formatter_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _lazy_chat_formatters() -> Iterator[None]:
-    """While ``Llama()`` loads, compile the file's embedded chat templates only when first used.
+def _load_patches(*, extra_bufts: bool) -> Iterator[None]:
+    """Two settings ``Llama()`` does not expose, applied only while it loads (under a lock).
 
-    llama-cpp-python compiles every ``tokenizer.chat_template*`` of a file at load, for its
-    own ``create_chat_completion``, which this package never calls: a template that does
-    not compile would make the whole file unloadable, even with ``prompt_format="raw"``.
-    The stand-in builds the same handler on first use, so ``create_chat_completion``
-    still behaves as before (a broken template then fails there, not at load).
+    * Embedded chat templates compile on first use: llama-cpp-python compiles every
+      ``tokenizer.chat_template*`` of a file at load, for its own ``create_chat_completion``,
+      which this package never calls, so a template that does not compile would make the
+      whole file unloadable, even with ``prompt_format="raw"``. The stand-in builds the same
+      handler on first use: ``create_chat_completion`` behaves as before.
+    * ``llama_model_params.use_extra_bufts`` (see the ``use_extra_bufts`` field), set in the
+      default parameters ``Llama()`` starts from.
     """
     formats: Any = importlib.import_module("llama_cpp.llama_chat_format")
+    bindings: Any = importlib.import_module("llama_cpp.llama_cpp")
     original = formats.Jinja2ChatFormatter
+    default_params = bindings.llama_model_default_params
 
     class LazyFormatter:
         def __init__(self, **kwargs: Any) -> None:
@@ -175,12 +180,45 @@ def _lazy_chat_formatters() -> Iterator[None]:
 
             return handler
 
+    def model_params() -> Any:
+        params = default_params()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = extra_bufts
+        return params
+
     with _formatter_lock:
         formats.Jinja2ChatFormatter = LazyFormatter
+        bindings.llama_model_default_params = model_params
         try:
             yield
         finally:
             formats.Jinja2ChatFormatter = original
+            bindings.llama_model_default_params = default_params
+
+
+def _extra_bufts(setting: bool | None) -> bool:  # noqa: FBT001 - the field's value
+    """The ``use_extra_bufts`` field's value, with None resolved (off on AMX-INT8 CPUs)."""
+    if setting is not None:
+        return setting
+    if _cpu_has_amx_int8():
+        logger.info(
+            "this CPU has AMX-INT8, where llama.cpp's AMX kernels crash on quantized models "
+            "(ggml-org/llama.cpp#20824): loading without extra buffer types (use_extra_bufts=False)"
+        )
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_amx_int8() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:  # noqa: PTH123 - a pseudo-file
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        return False
+    return False
 
 
 def _available_memory() -> int | None:

@@ -23,6 +23,9 @@ INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 """``LLAMA_DEFAULT_SEED`` (random); seeds are below it."""
 
+NOT_LLAMA_KWARGS = {"n_ctx", "model_kwargs", "use_extra_bufts"}
+"""Load settings passed to llama.cpp another way (``n_ctx`` resolved, the model parameters)."""
+
 SOURCE_FIELDS: set[str] = {"model_path", "repo_id", "filename", "revision", "cache_dir", "local_files_only"}
 """Load fields that say where the file is, not how llama.cpp loads it."""
 
@@ -113,6 +116,11 @@ class LlamaCppLoadFields(FieldGroup):
     lora_scale: float | None = None
     """Scale of the LoRA adapter. Default: None (1.0)."""
 
+    use_extra_bufts: bool | None = None
+    """Let llama.cpp repack weights into its extra CPU buffer types (AMX, repacked quants).
+    Default: None = on, except on CPUs with AMX-INT8, where llama.cpp's AMX kernels crash the
+    process on quantized models (SIGSEGV in llama_decode; ggml-org/llama.cpp#20824)."""
+
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further keyword arguments for ``llama_cpp.Llama`` (part of the cache key). Default: {}."""
 
@@ -135,7 +143,7 @@ class LoadSettings(LlamaCppLoadFields, Settings):
 
     def llama_kwargs(self, n_ctx: int) -> dict[str, Any]:
         """Keyword arguments for ``llama_cpp.Llama``: every setting that is set, plus ``n_ctx``."""
-        kwargs = self.model_dump(exclude=SOURCE_FIELDS | {"n_ctx", "model_kwargs"}, exclude_none=True)
+        kwargs = self.model_dump(exclude=SOURCE_FIELDS | NOT_LLAMA_KWARGS, exclude_none=True)
         return {"n_ctx": n_ctx, **kwargs, **self.model_kwargs}
 
     def load_key(self) -> Any:
