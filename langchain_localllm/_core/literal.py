@@ -66,49 +66,15 @@ class ControlTokens:
         return self._pattern.sub(lambda m: m.group(0)[0] + _JOINER + m.group(0)[1:], text)
 
 
-def _mark(messages: Sequence[ChatDict]) -> tuple[list[ChatDict], list[str]]:
-    """Copies of ``messages`` with every content string replaced by a sentinel; the contents in order."""
-    contents: list[str] = []
+def _map_contents(messages: Sequence[ChatDict], change: Callable[[str], str]) -> list[ChatDict]:
+    """Copies of ``messages`` with ``change`` applied to every non-empty content string, in order.
 
-    def sentinel(text: str) -> str:
-        contents.append(text)
-        return f"{_OPEN}{len(contents) - 1}{_CLOSE}"
+    Contents are each message's ``content`` and every string inside its tool calls' arguments.
+    """
 
     def leaves(value: Any) -> Any:
         if isinstance(value, str):
-            return sentinel(value) if value else value
-        if isinstance(value, Mapping):
-            return {k: leaves(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [leaves(v) for v in value]
-        return value
-
-    marked: list[ChatDict] = []
-    for message in messages:
-        copy = dict(message)
-        if isinstance(copy.get("content"), str) and copy["content"]:
-            copy["content"] = sentinel(copy["content"])
-        if copy.get("tool_calls"):
-            copy["tool_calls"] = [
-                {**call, "function": {**call["function"], "arguments": leaves(call["function"].get("arguments"))}}
-                if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping)
-                else call
-                for call in copy["tool_calls"]
-            ]
-        marked.append(copy)
-    return marked, contents
-
-
-def _defang_untracked(messages: Sequence[ChatDict], untracked: set[int], controls: ControlTokens) -> list[ChatDict]:
-    """``messages`` with the control-token strings in the untracked contents broken (see the module docstring)."""
-    counter = iter(range(1 << 62))
-
-    def fix(text: str) -> str:
-        return controls.defang(text) if next(counter) in untracked else text
-
-    def leaves(value: Any) -> Any:
-        if isinstance(value, str):
-            return fix(value) if value else value
+            return change(value) if value else value
         if isinstance(value, Mapping):
             return {k: leaves(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -119,7 +85,7 @@ def _defang_untracked(messages: Sequence[ChatDict], untracked: set[int], control
     for message in messages:
         copy = dict(message)
         if isinstance(copy.get("content"), str) and copy["content"]:
-            copy["content"] = fix(copy["content"])
+            copy["content"] = change(copy["content"])
         if copy.get("tool_calls"):
             copy["tool_calls"] = [
                 {**call, "function": {**call["function"], "arguments": leaves(call["function"].get("arguments"))}}
@@ -129,6 +95,23 @@ def _defang_untracked(messages: Sequence[ChatDict], untracked: set[int], control
             ]
         out.append(copy)
     return out
+
+
+def _mark(messages: Sequence[ChatDict]) -> tuple[list[ChatDict], list[str]]:
+    """Copies of ``messages`` with every content string replaced by a sentinel; the contents in order."""
+    contents: list[str] = []
+
+    def sentinel(text: str) -> str:
+        contents.append(text)
+        return f"{_OPEN}{len(contents) - 1}{_CLOSE}"
+
+    return _map_contents(messages, sentinel), contents
+
+
+def _defang_untracked(messages: Sequence[ChatDict], untracked: set[int], controls: ControlTokens) -> list[ChatDict]:
+    """``messages`` with the control-token strings in the untracked contents broken (see the module docstring)."""
+    counter = iter(range(1 << 62))
+    return _map_contents(messages, lambda text: controls.defang(text) if next(counter) in untracked else text)
 
 
 def _check_rendered(text: str, messages: Sequence[ChatDict], name: str) -> None:
