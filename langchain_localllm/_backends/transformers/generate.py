@@ -43,7 +43,7 @@ def generation_config(sampling: Sampling, bundle: HFBundle, max_new_tokens: int,
         config.cache_implementation = "static"
         config.max_cache_len = _bucket(prompt_width + max_new_tokens, bundle.context_window)
         # CUDA graphs ("reduce-overhead") only on the process's CUDA worker thread,
-        # which owns torch's CUDA-graph trees (see _device.py); elsewhere the decode
+        # which owns torch's CUDA-graph trees (see device.py); elsewhere the decode
         # step is compiled without them.
         compile_config = getattr(import_optional("transformers"), "CompileConfig", None)
         if compile_config is not None:
@@ -268,7 +268,7 @@ def generate_rows(
 
 
 def _may_merge_prefill(bundle: HFBundle, config: Any, kwargs: Mapping[str, Any]) -> bool:
-    """Whether a grouped prefill into one merged cache (see _hf_prefill.py) fits this call.
+    """Whether a grouped prefill into one merged cache (see prefill.py) fits this call.
 
     Not for seq2seq models, a cache chosen by the caller or by the generation config
     (static, offloaded, quantized...), or generation without a KV cache (``use_cache``
