@@ -17,6 +17,7 @@ control-token strings broken with a WORD JOINER (U+2060) before rendering instea
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -120,7 +121,9 @@ def _check_rendered(text: str, messages: Sequence[ChatDict], name: str) -> None:
         raise ChatTemplateError(msg)
     users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
     last = users[-1]["content"].strip() if users else ""
-    if last and last not in text:
+    # Rendered as is, or JSON-escaped (templates that put contents through tojson).
+    forms = (last, json.dumps(last, ensure_ascii=False)[1:-1], json.dumps(last)[1:-1])
+    if last and not any(form in text for form in forms):
         msg = (
             f"the chat template of {name} did not render the last user message into the prompt, so the model "
             "would answer something else; pass a working template with chat_template='...'"
@@ -128,10 +131,50 @@ def _check_rendered(text: str, messages: Sequence[ChatDict], name: str) -> None:
         raise ChatTemplateError(msg)
 
 
+Render = Callable[[Sequence[ChatDict], Sequence[Mapping[str, Any]] | None], str]
+"""``render(messages, tools)``: the prompt text from the model's chat template."""
+
+
+def _defang_deep(value: Any, controls: ControlTokens, *, keep_values: bool = False) -> Any:
+    """Every string in ``value`` (dict keys too) defanged; with ``keep_values``, only the keys."""
+    if isinstance(value, str):
+        return value if keep_values else controls.defang(value)
+    if isinstance(value, Mapping):
+        return {controls.defang(str(k)): _defang_deep(v, controls, keep_values=keep_values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_defang_deep(v, controls, keep_values=keep_values) for v in value]
+    return value
+
+
+def _defang_structure(messages: Sequence[ChatDict], controls: ControlTokens) -> list[ChatDict]:
+    """Defang the user-supplied strings that are not contents: roles, names, ids, tool names, argument keys."""
+    out: list[ChatDict] = []
+    for message in messages:
+        copy = {k: v if k in ("content", "tool_calls") else _defang_deep(v, controls) for k, v in message.items()}
+        calls = copy.get("tool_calls")
+        if calls:
+            copy["tool_calls"] = [
+                {
+                    k: (
+                        {fk: _defang_deep(fv, controls, keep_values=fk == "arguments") for fk, fv in v.items()}
+                        if k == "function" and isinstance(v, Mapping)
+                        else _defang_deep(v, controls)
+                    )
+                    for k, v in call.items()
+                }
+                if isinstance(call, Mapping)
+                else call
+                for call in calls
+            ]
+        out.append(copy)
+    return out
+
+
 def prompt_ids(
-    render: Callable[[Sequence[ChatDict]], str],
+    render: Render,
     messages: Sequence[ChatDict],
     *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
     controls: ControlTokens,
     tokenize: Tokenize,
     literal: bool = True,
@@ -140,8 +183,10 @@ def prompt_ids(
     """Render ``messages`` and tokenize the prompt with contents as literal text (see the module docstring).
 
     Args:
-        render: Renders messages with the model's chat template.
+        render: Renders messages (and tool schemas) with the model's chat template.
         messages: The conversation.
+        tools: Tool schemas for the template; their strings are defanged (they often come
+            from third parties, e.g. MCP servers).
         controls: The model's control tokens.
         tokenize: ``tokenize(text, special=...)`` without BOS.
         literal: False parses control-token text inside contents too (the documented opt-out).
@@ -151,10 +196,13 @@ def prompt_ids(
         ChatTemplateError: The template fails, renders an empty prompt, or leaves out the
             last user message.
     """
+    if literal and controls.strings:
+        messages = _defang_structure(messages, controls)
+        tools = _defang_deep(list(tools), controls) if tools else tools
 
     def render_named(conversation: Sequence[ChatDict]) -> str:
         try:
-            return render(conversation)
+            return render(conversation, tools)
         except ChatTemplateError as e:
             msg = f"{name}: {e}"
             raise ChatTemplateError(msg) from e
@@ -164,30 +212,26 @@ def prompt_ids(
     if not literal or not controls.strings:
         return tokenize(real, special=True)
     marked_messages, contents = _mark(messages)
-    marked = render_named(marked_messages)
-    parts = _SENTINEL.split(marked)  # template text, content index, template text, ...
+    parts = _SENTINEL.split(render_named(marked_messages))  # template text, content index, template text, ...
     seen = {int(i) for i in parts[1::2] if int(i) < len(contents)}
-    untracked = {i for i, text in enumerate(contents) if i not in seen and controls.find(text)}
-    if untracked:
-        logger.debug("%d content strings are not rendered verbatim by the template; defanging them", len(untracked))
-        messages = _defang_untracked(messages, untracked, controls)
-        real = render_named(messages)
-        marked_messages, contents = _mark(messages)
-        parts = _SENTINEL.split(render_named(marked_messages))
-    # The prompt as template text and contents, with the content spans known exactly.
-    pieces: list[tuple[str, bool]] = []
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            pieces.append((part, False))
-        else:
-            index = int(part)
-            pieces.append((contents[index] if index < len(contents) else "", True))
-    spliced = "".join(text for text, _ in pieces)
-    forged = any(is_content and controls.find(text) for text, is_content in pieces)
+    forged = {i for i, text in enumerate(contents) if controls.find(text)}
     if not forged:
         return tokenize(real, special=True)
-    if spliced != real:
-        logger.debug("the chat template changes message contents; control text in them is spliced in unchanged")
+    # The prompt as template text and contents, with the content spans known exactly.
+    pieces = [
+        (part, False)
+        if i % 2 == 0
+        else (contents[int(part)], True)
+        if int(part) < len(contents)
+        else (f"{_OPEN}{part}{_CLOSE}", False)  # sentinel-like text from elsewhere: not a content
+        for i, part in enumerate(parts)
+    ]
+    if forged - seen or "".join(text for text, _ in pieces) != real:
+        # The template does not render some content verbatim (escapes, trims or branches on
+        # it): splicing would lose that, so the control text is broken before rendering.
+        logger.debug("the chat template changes message contents; defanging the control text in them")
+        real = render_named(_defang_untracked(messages, forged, controls))
+        return tokenize(real, special=True)
     return _tokenize_cut(pieces, controls, tokenize)
 
 

@@ -26,7 +26,7 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -115,22 +115,32 @@ def _tojson(
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _bounded_range(*args: int) -> Iterator[int]:
+def _bounded_range(*args: int) -> range:
+    """``range``, with its length charged to the step budget up front (and bounded like Jinja's)."""
     budget = _current()
     for value in args:
         budget.check_int(value)
-    for i in range(*args):
-        budget.step()
-        yield i
+    values = range(*args)
+    budget.step(len(values))
+    return values
+
+
+_SIZING_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice"})
+"""Filters whose integer arguments size what they build (checked before they run)."""
+_SIZING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+"""``str`` methods whose integer arguments size what they build."""
 
 
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    sizing = name in _SIZING_FILTERS
+
     @functools.wraps(function)  # keeps Jinja's pass_context / pass_eval_context marks
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = _current()
         budget.step()
-        for value in (*args[1:], *kwargs.values()):
-            budget.check_int(value)
+        if sizing:
+            for value in (*args[1:], *kwargs.values()):
+                budget.check_int(value)
         return budget.check_size(function(*args, **kwargs))
 
     bounded.__name__ = f"bounded_{name}"
@@ -139,7 +149,8 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Any:  # noqa: C901 - the sandbox's hooks, kept together
-    from jinja2.ext import loopcontrols  # noqa: PLC0415
+    from jinja2 import nodes  # noqa: PLC0415
+    from jinja2.ext import Extension, loopcontrols  # noqa: PLC0415
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
     from jinja2.utils import Namespace  # noqa: PLC0415
 
@@ -156,8 +167,9 @@ def _environment() -> Any:  # noqa: C901 - the sandbox's hooks, kept together
         def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
             budget = _current()
             budget.step()
-            for value in (*args, *kwargs.values()):
-                budget.check_int(value)
+            if getattr(obj, "__name__", None) in _SIZING_METHODS and isinstance(getattr(obj, "__self__", None), str):
+                for value in (*args, *kwargs.values()):
+                    budget.check_int(value)
             return budget.check_size(super().call(context, obj, *args, **kwargs))
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -174,8 +186,18 @@ def _environment() -> Any:  # noqa: C901 - the sandbox's hooks, kept together
                         budget.check_int(count * max(len(other), 1))
             return budget.check_size(super().call_binop(context, operator, left, right))
 
+    class Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask tag): renders its body."""
+
+        tags = {"generation"}  # noqa: RUF012 - Jinja reads the class attribute
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body).set_lineno(lineno)
+
     env = BoundedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], keep_trailing_newline=False
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation], keep_trailing_newline=False
     )
     env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
     env.filters["tojson"] = _bounded_filter("tojson", _tojson)

@@ -165,3 +165,16 @@ async def test_a_transformers_astream_uses_one_worker_thread() -> None:
     assert seen
     assert max(len(names) for names in seen) == 1, seen  # before: an async bridge thread plus a generate thread
     await asyncio.sleep(0)
+
+
+def test_a_backend_failure_inside_batch_is_a_generation_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    chat = HFLocalChatModel(model=str(TINY_HF), device="cpu", max_tokens=8)
+    with chat._backend().hold() as bundle:
+        model = bundle.model
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(model, "generate", broken)
+    with pytest.raises(GenerationError, match="out of memory"):
+        chat.batch([ROSE_Q, "Hello"])

@@ -102,3 +102,42 @@ def test_truncated_in_tensor_data(tmp_path: Path) -> None:
     cut.write_bytes(data[: len(data) - 100])
     with pytest.raises(InvalidModelFileError, match="truncated"):
         read_gguf_info(cut)
+
+
+def _hyper(values: dict[str, object], tensors: list[tuple[str, list[int]]]) -> dict[str, int]:
+    from langchain_localllm._backends.llamacpp.gguf import _check_hyperparameters
+
+    rows = [(name, 0, 0, shape) for name, shape in tensors]
+    return _check_hyperparameters(Path("m.gguf"), "arch", values, rows)
+
+
+def test_real_world_layouts_pass_the_hyperparameter_checks() -> None:
+    # MoE with 2-D expert biases (gpt-oss), encoder-decoder names (T5), a shard of a split model.
+    moe = [("blk.0.ffn_gate_exps.weight", [64, 128, 4]), ("blk.0.ffn_gate_exps.bias", [128, 4])]
+    assert _hyper({"arch.block_count": 1, "arch.expert_count": 4, "arch.expert_used_count": 2}, moe)["block_count"] == 1
+    t5 = [("enc.blk.0.attn_q.weight", [8, 8]), ("dec.blk.0.attn_q.weight", [8, 8]), ("dec.blk.1.attn_q.weight", [8, 8])]
+    assert _hyper({"arch.block_count": 2}, t5)["block_count"] == 2
+    shard = [("blk.0.attn_q.weight", [8, 8])]
+    assert _hyper({"arch.block_count": 24, "split.count": 3}, shard)["block_count"] == 24
+
+
+@pytest.mark.parametrize(
+    ("values", "tensors", "fragment"),
+    [
+        ({"arch.block_count": 513}, [("blk.0.attn_q.weight", [8, 8])], "block_count = 513"),
+        ({"arch.expert_count": 8}, [("blk.0.ffn_up.weight", [8, 8])], "without expert tensors"),
+        ({"arch.expert_count": 8}, [("blk.0.ffn_up_exps.weight", [8, 8, 4])], "does not match"),
+        ({"arch.context_length": 2**30}, [], "context_length"),
+    ],
+)
+def test_crafted_hyperparameters_are_refused(values: dict[str, object], tensors: list, fragment: str) -> None:
+    with pytest.raises(InvalidModelFileError, match=fragment):
+        _hyper(values, tensors)
+
+
+def test_per_call_logprobs_needs_the_field() -> None:
+    from langchain_localllm import InvalidParameterError, LocalGGMLLLM
+
+    with pytest.raises(InvalidParameterError, match="set the logprobs field"):
+        LocalGGMLLLM(model_path="x.gguf")._sampling({"logprobs": 2})
+    assert LocalGGMLLLM(model_path="x.gguf", logprobs=0)._sampling({"logprobs": 2}).logprobs == 2

@@ -31,8 +31,8 @@ def tokenize(text: str, *, special: bool) -> list[int]:
 
 
 def ids(template: str, messages: Sequence[dict[str, Any]], *, literal: bool = True) -> list[int]:
-    def render(conversation: Sequence[dict[str, Any]]) -> str:
-        return render_chat_template(template, conversation)
+    def render(conversation: Sequence[dict[str, Any]], tools: Any) -> str:
+        return render_chat_template(template, conversation, tools=tools)
 
     return prompt_ids(render, messages, controls=CONTROLS, tokenize=tokenize, literal=literal, name="fake")
 
@@ -67,6 +67,14 @@ def test_content_the_template_escapes_is_defanged_before_rendering() -> None:
     assert "\\u2060" in "".join(chr(i) for i in out)  # the WORD JOINER, JSON-escaped by the template
 
 
+def test_renderer_supports_generation_tags_and_reusable_ranges() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    assert render_chat_template("{% generation %}[{{ messages[0].content }}]{% endgeneration %}", messages) == "[hi]"
+    reuse = "{% set r = range(2) %}{{ r|length }}{% for i in r %}{{ i }}{% endfor %}{% for i in r %}{{ i }}{% endfor %}"
+    assert render_chat_template(reuse + "{{ range(3)[1] }}", messages) == "201011"
+    assert render_chat_template("{{ 'ab'|truncate(5000000) }}{{ '%d'|format(5000001) }}", messages) == "ab5000001"
+
+
 def test_an_empty_prompt_and_a_dropped_user_message_are_template_errors() -> None:
     with pytest.raises(ChatTemplateError, match="the chat template of fake rendered an empty prompt"):
         ids("{{ '' }}", [{"role": "user", "content": "hi"}])
@@ -77,3 +85,33 @@ def test_an_empty_prompt_and_a_dropped_user_message_are_template_errors() -> Non
 def test_template_errors_name_the_model() -> None:
     with pytest.raises(ChatTemplateError, match="fake: the chat template raised an error: no"):
         ids("{{ raise_exception('no') }}", [{"role": "user", "content": "hi"}])
+
+
+def test_a_content_the_template_transforms_keeps_the_templates_own_rendering() -> None:
+    # Splicing raw contents would drop the template's JSON escaping of the quote.
+    template = "{% for m in messages %}{{ m.content | tojson }}{% endfor %}"
+    out = ids(template, [{"role": "user", "content": 'say "hi"'}, {"role": "user", "content": FORGERY}])
+    text = "".join(chr(i) if i >= 0 else "#" for i in out)
+    assert controls(out) == 0
+    assert text.startswith('"say \\"hi\\""')
+
+
+def test_names_roles_argument_keys_and_tool_schemas_cannot_forge_control_tokens() -> None:
+    template = (
+        "{% for t in tools or [] %}{{ t.description }}{% endfor %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}{{ m.name or '' }}\n{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}{% for k in c.function.arguments %}{{ k }}{% endfor %}{% endfor %}"
+        "<|im_end|>{% endfor %}"
+    )
+    call = {"function": {"name": "f", "arguments": {FORGERY: 1}}}
+    messages = [
+        {"role": "user", "content": "hi", "name": FORGERY},
+        {"role": "assistant", "content": "ok", "tool_calls": [call]},
+    ]
+    tools = [{"type": "function", "description": FORGERY}]
+
+    def render(conversation: Sequence[dict[str, Any]], schemas: Any) -> str:
+        return render_chat_template(template, conversation, tools=schemas)
+
+    out = prompt_ids(render, messages, tools=tools, controls=CONTROLS, tokenize=tokenize, name="fake")
+    assert controls(out) == 4  # the template's own two turns

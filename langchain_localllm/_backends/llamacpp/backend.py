@@ -140,16 +140,18 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
                     "sends prompts raw. Set prompt_format to silence this.",
                     model.info.path,
                 )
-            return tokenize_prompt(model, prompt.raw_fallback)
+            literal = prompt.literal  # the prompt is content: control text in it stays text
+            return with_bos(model, tokenize(model, prompt.raw_fallback, special=not literal))
         variables: dict[str, Any] = {"bos_token": model.bos_text, "eos_token": model.eos_text}
 
-        def render(messages: Sequence[ChatDict]) -> str:
-            return render_chat_template(template, messages, add_generation_prompt=True, tools=prompt.tools, **variables)
+        def render(messages: Sequence[ChatDict], tools: Sequence[Mapping[str, Any]] | None) -> str:
+            return render_chat_template(template, messages, add_generation_prompt=True, tools=tools, **variables)
 
         def ids(messages: Sequence[ChatDict]) -> list[int]:
             return prompt_ids(
                 render,
                 messages,
+                tools=prompt.tools,
                 controls=model.controls,
                 tokenize=lambda text, special: tokenize(model, text, special=special),
                 literal=prompt.literal,

@@ -217,7 +217,9 @@ def _check_hyperparameters(
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
             raise _crafted(path, f"{arch}.{key} = {value!r} is not a valid count")
         hyper[key] = value
-    _check_layers(path, arch, hyper.get("block_count"), tensors)
+    split = values.get("split.count")
+    if not (isinstance(split, int) and split > 1):  # a shard of a split model holds only some layers
+        _check_layers(path, arch, hyper.get("block_count"), tensors)
     context = hyper.get("context_length")
     if context is not None and not 0 < context <= MAX_CONTEXT:
         raise _crafted(path, f"{arch}.context_length = {context} (must be 1 to {MAX_CONTEXT})")
@@ -236,7 +238,7 @@ def _check_layers(path: Path, arch: str, n_layer: int | None, tensors: list[tupl
         return
     if n_layer > MAX_LAYERS:
         raise _crafted(path, f"{arch}.block_count = {n_layer} (more than {MAX_LAYERS})")
-    layers = {int(m.group(1)) for name, *_ in tensors if (m := _BLOCK.match(name))}
+    layers = {int(m.group(1)) for name, *_ in tensors if (m := _BLOCK.search(name))}
     if layers != set(range(n_layer)):
         have = f"blk.0 to blk.{max(layers)}" if layers else "none"
         raise _crafted(path, f"{arch}.block_count = {n_layer} but the file has layer tensors {have}")
@@ -247,18 +249,19 @@ def _check_experts(
 ) -> None:
     experts = hyper.get("expert_count", 0)
     used = hyper.get("expert_used_count", 0)
-    shapes = [shape for name, *_, shape in tensors if "_exps" in name]
+    shapes = [shape for name, *_, shape in tensors if name.endswith("_exps.weight") and len(shape) == 3]  # noqa: PLR2004
     if experts > MAX_EXPERTS:
         raise _crafted(path, f"{arch}.expert_count = {experts} (llama.cpp supports at most {MAX_EXPERTS})")
     if experts and not shapes:
         raise _crafted(path, f"{arch}.expert_count = {experts} on a model without expert tensors")
-    if shapes and any(len(shape) < 3 or shape[2] != experts for shape in shapes):  # noqa: PLR2004 - (in, out, experts)
+    if shapes and any(shape[2] != experts for shape in shapes):  # (in, out, experts)
         raise _crafted(path, f"{arch}.expert_count = {experts} does not match the expert tensors")
     if experts and used > experts:
         raise _crafted(path, f"{arch}.expert_used_count = {used} exceeds expert_count = {experts}")
 
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
+_BLOCK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
+"""Layer tensors: ``blk.N.*``, and ``enc.blk.N.*`` / ``dec.blk.N.*`` in encoder-decoder files."""
 
 
 def _opt_int(value: Any) -> int | None:

@@ -14,6 +14,7 @@ from langchain_localllm._backends.llamacpp.settings import (
 )
 from langchain_localllm._core.model import LocalModel
 from langchain_localllm._core.settings import Settings, check_known
+from langchain_localllm.errors import InvalidParameterError
 
 __all__ = ["LlamaCppModel"]
 
@@ -45,4 +46,10 @@ class LlamaCppModel(LlamaCppSamplingFields, LlamaCppLoadFields, LocalModel):
 
     def _sampling(self, options: dict[str, Any]) -> Sampling:
         check_known(options, Sampling.names())
+        if options.get("logprobs") is not None and self.logprobs is None:
+            msg = (
+                "logprobs per call needs the model loaded with every position's logits: set the logprobs "
+                "field on the instance (e.g. LocalGGMLLLM(..., logprobs=0)), then pass logprobs per call"
+            )
+            raise InvalidParameterError(msg)
         return Sampling.of(self, options)

@@ -54,8 +54,9 @@ def render_prompt(
     tokenizer = bundle.tokenizer
     template = template_of(tokenizer, chat_template)
     if not template:
-        if bundle.is_seq2seq:
-            return list(tokenizer(plain_text_prompt(messages))["input_ids"])
+        if bundle.is_seq2seq:  # the conversation as text: control text in it stays text
+            text = plain_text_prompt(messages)
+            return list(tokenizer(text, split_special_tokens=literal)["input_ids"])
         msg = (
             f"the tokenizer of {bundle.name!r} has no chat template; pass one with the chat_template "
             "field (a Jinja string, e.g. copied from a model of the same family)"
@@ -63,17 +64,23 @@ def render_prompt(
         raise ChatTemplateError(msg)
     variables: dict[str, Any] = {**dict(getattr(tokenizer, "special_tokens_map", {}) or {}), "documents": None}
 
-    def render(conversation: Sequence[ChatDict]) -> str:
+    def render(conversation: Sequence[ChatDict], schemas: Sequence[Mapping[str, Any]] | None) -> str:
         # apply_chat_template drops the keys whose value is None before rendering.
         plain = [{k: v for k, v in m.items() if v is not None} for m in conversation]
-        return render_chat_template(template, plain, add_generation_prompt=True, tools=tools, **variables)
+        return render_chat_template(template, plain, add_generation_prompt=True, tools=schemas, **variables)
 
     def encode(text: str, *, special: bool) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
 
     def ids(conversation: Sequence[ChatDict]) -> list[int]:
         return prompt_ids(
-            render, conversation, controls=bundle.controls, tokenize=encode, literal=literal, name=repr(bundle.name)
+            render,
+            conversation,
+            tools=tools,
+            controls=bundle.controls,
+            tokenize=encode,
+            literal=literal,
+            name=repr(bundle.name),
         )
 
     try:
