@@ -97,17 +97,7 @@ def iterate_in_thread(
             raise Cancelled
         items.put(item)
 
-    def run() -> None:
-        try:
-            producer(emit, cancel)
-        except Cancelled:
-            pass
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer below
-            items.put(_Failure(e))
-        finally:
-            items.put(_DONE)
-
-    join = _start(run, name, executor)
+    join = _start(lambda: _run(producer, emit, cancel, items.put), name, executor)
     try:
         while True:
             item = items.get()
@@ -123,6 +113,20 @@ def iterate_in_thread(
             # executor's own thread: waiting there for a job only that thread can run
             # would hang it. The job sees ``cancel`` and ends on its own.
             join()
+
+
+def _run(
+    producer: Producer[T], emit: Callable[[T], None], cancel: threading.Event, put: Callable[[object], None]
+) -> None:
+    """Run the producer in the worker: its failure, then the end marker, go to the consumer via ``put``."""
+    try:
+        producer(emit, cancel)
+    except Cancelled:
+        pass
+    except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+        put(_Failure(e))
+    finally:
+        put(_DONE)
 
 
 def _start(run: Callable[[], None], name: str, executor: concurrent.futures.Executor | None) -> Callable[[], object]:
@@ -173,13 +177,8 @@ async def aiterate_in_thread(
 
     def run() -> None:
         try:
-            producer(emit, cancel)
-        except Cancelled:
-            pass
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer below
-            put(_Failure(e))
+            _run(producer, emit, cancel, put)
         finally:
-            put(_DONE)
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, finished)
 

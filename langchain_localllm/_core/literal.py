@@ -212,11 +212,11 @@ def prompt_ids(
     if not literal or not controls.strings:
         return tokenize(real, special=True)
     marked_messages, contents = _mark(messages)
+    forged = {i for i, text in enumerate(contents) if controls.find(text)}
+    if not forged:  # the common case: one render, one tokenize, as before
+        return tokenize(real, special=True)
     parts = _SENTINEL.split(render_named(marked_messages))  # template text, content index, template text, ...
     seen = {int(i) for i in parts[1::2] if int(i) < len(contents)}
-    forged = {i for i, text in enumerate(contents) if controls.find(text)}
-    if not forged:
-        return tokenize(real, special=True)
     # The prompt as template text and contents, with the content spans known exactly.
     pieces = [
         (part, False)
