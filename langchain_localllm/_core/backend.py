@@ -23,17 +23,17 @@ import concurrent.futures
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from langchain_localllm._core.bridge import Cancelled, aiterate_in_thread, iterate_in_thread, pull
-from langchain_localllm._core.cache import model_cache
+from langchain_localllm._core.cache import LoadedModel, model_cache
 from langchain_localllm._core.messages import ChatDict
 from langchain_localllm._core.output import Piece
 from langchain_localllm._core.settings import Settings
 from langchain_localllm._core.tools import ToolPlan
-from langchain_localllm.errors import LocalLLMError, ModelLoadError
+from langchain_localllm.errors import GenerationError, LocalLLMError, ModelLoadError
 
 __all__ = [
     "Backend",
@@ -178,6 +178,38 @@ class BaseBackend(ABC, Generic[M, S]):
         """Hold the loaded model (loading it once per process) and its lock."""
         with model_cache.use(self.cache_key(), self._checked_load) as entry:
             yield entry.model
+
+    def stepper(self) -> Callable[[], AbstractContextManager[M]]:
+        """A context manager factory holding the model and its lock for one step of one generation.
+
+        The first step loads the model if needed; the later ones reuse that entry and
+        raise :class:`~langchain_localllm.errors.GenerationError` if the model was
+        unloaded in between. A generation that takes the lock per step instead of for
+        its whole length never blocks other calls while its consumer is away.
+        """
+        held: list[LoadedModel[M]] = []
+
+        @contextmanager
+        def step() -> Iterator[M]:
+            if held:
+                entry = held[0]
+                entry.lock.acquire()
+                if entry.closed:
+                    entry.lock.release()
+                    msg = (
+                        f"{self.model_name()!r} was unloaded while this generation was paused; "
+                        "call the model again (it reloads)"
+                    )
+                    raise GenerationError(msg)
+            else:
+                entry = model_cache.acquire(self.cache_key(), self._checked_load)
+                held.append(entry)
+            try:
+                yield entry.model
+            finally:
+                entry.lock.release()
+
+        return step
 
     def _checked_load(self) -> M:
         try:

@@ -135,15 +135,24 @@ class ModelCache:
         by :meth:`evict` while this caller waited is skipped and the model reloaded,
         so a closed backend object is never used.
         """
+        entry = self.acquire(key, loader)
+        try:
+            yield entry
+        finally:
+            entry.lock.release()
+
+    def acquire(self, key: Hashable, loader: Callable[[], T]) -> LoadedModel[T]:
+        """The open entry for ``key`` (loading it if needed), returned with its lock held.
+
+        The caller releases ``entry.lock``. An entry closed by :meth:`evict` while this
+        caller waited is skipped and the model reloaded, so a closed backend object is
+        never used.
+        """
         while True:
             entry = self.get_or_load(key, loader)
             entry.lock.acquire()
             if not entry.closed:
-                break
-            entry.lock.release()
-        try:
-            yield entry
-        finally:
+                return entry
             entry.lock.release()
 
     def peek(self, key: Hashable) -> LoadedModel[Any] | None:

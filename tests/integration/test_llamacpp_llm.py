@@ -116,7 +116,7 @@ def test_a_bos_adding_tokenizer_gets_exactly_one_bos(tmp_path: Path, template_re
     gen = llm.generate([ROSE_Q]).generations[0][0]
     assert (gen.generation_info or {})["prompt_tokens"] == 1 + len(body)
     with llm._backend().hold() as model:
-        evaluated = [int(t) for t in model.llama.input_ids[: 1 + len(body)]]
+        evaluated = model.kv.tokens[: 1 + len(body)]
     assert evaluated == [0, *body]
     assert gen.text == chat_answer(ROSE_Q)  # same weights: one leading BOS does not change the answer
     assert llm.unload() is True

@@ -175,7 +175,8 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
 
     def _pieces(self, request: GenerateRequest[Sampling], cancel: threading.Event | None) -> Iterator[Piece]:
         sampling = request.sampling
-        with self.hold() as model:
+        step = self.stepper()  # the model's lock is held per step, never across a yield
+        with step() as model:
             ids, grammar = self._prepare(model, request)
             if grammar is None:
                 if request.json_schema is None and sampling.json_schema is not None:
@@ -185,7 +186,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
             elif sampling.grammar is not None and not (request.tools and request.tools.grammar):
                 msg = "give grammar or json_schema, not both"
                 raise InvalidParameterError(msg)
-            yield from generate_pieces(model, ids, sampling, grammar_text=grammar, stops=request.stops, cancel=cancel)
+        yield from generate_pieces(step, ids, sampling, grammar_text=grammar, stops=request.stops, cancel=cancel)
 
     def _map_error(self, error: Exception) -> LocalLLMError:
         return GenerationError(f"llama.cpp failed while generating: {type(error).__name__}: {error}")

@@ -1,21 +1,23 @@
 """The llama.cpp token loop.
 
-It drives ``Llama.generate`` (which reuses the longest matching KV-cache prefix of the
-previous call on the same model) and detokenizes each token with the per-model table of
-token bytes built at load time, so per-token work is a list lookup, an incremental
-UTF-8 decode and the stop-string check.
+It advances one :class:`~langchain_localllm._backends.llamacpp.sequence.Sequence` (which
+reuses the cached prefix of the previous call exactly, and holds the model's lock one
+step at a time) and detokenizes each token with the per-model table of token bytes
+built at load time, so per-token work is a list lookup, an incremental UTF-8 decode
+and the stop-string check.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
 
 from langchain_localllm._backends.llamacpp.load import LlamaModel, llama_cpp_module
+from langchain_localllm._backends.llamacpp.sequence import Generation, make_sampler
 from langchain_localllm._backends.llamacpp.settings import Sampling
 from langchain_localllm._core.output import FinishInfo, FinishReason, Piece
 from langchain_localllm._core.stop import ByteStream
@@ -37,8 +39,8 @@ def _check_grammar(llama_cpp: ModuleType, model: LlamaModel, grammar: str) -> An
     return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
 
 
-def generate_pieces(  # noqa: C901 - the one hot loop, kept flat on purpose
-    model: LlamaModel,
+def generate_pieces(
+    step: Callable[[], AbstractContextManager[LlamaModel]],
     prompt_tokens: Sequence[int],
     sampling: Sampling,
     *,
@@ -48,77 +50,71 @@ def generate_pieces(  # noqa: C901 - the one hot loop, kept flat on purpose
 ) -> Iterator[Piece]:
     """Generate from ``prompt_tokens``; yield emit-safe text pieces, then a final piece.
 
-    The caller must hold the model's lock for the whole iteration. ``grammar_text`` is a
-    GBNF grammar constraining the output (or None). The final piece's ``finish`` has the
-    reason (``"stop"`` or ``"length"``; ``"cancelled"`` when ``cancel`` was set) and the
-    token counts. Native failures propagate (the backend maps them).
+    ``step()`` holds the model (and its lock) for one step: the lock is never held
+    while a piece is out with the consumer, so an unconsumed stream blocks nobody (see
+    ``sequence.py``). ``grammar_text`` is a GBNF grammar constraining the output (or
+    None). The final piece's ``finish`` has the reason (``"stop"`` or ``"length"``;
+    ``"cancelled"`` when ``cancel`` was set) and the token counts. Native failures
+    propagate (the backend maps them).
     """
     n_prompt = len(prompt_tokens)
-    if n_prompt >= model.n_ctx:
-        msg = (
-            f"the prompt is {n_prompt} tokens but the context window is {model.n_ctx} tokens "
-            "(at least one token must be left to generate). Shorten the prompt or load "
-            "the model with a larger n_ctx."
+    with step() as model:
+        if n_prompt >= model.n_ctx:
+            msg = (
+                f"the prompt is {n_prompt} tokens but the context window is {model.n_ctx} tokens "
+                "(at least one token must be left to generate). Shorten the prompt or load "
+                "the model with a larger n_ctx."
+            )
+            raise ContextWindowExceededError(msg, prompt_tokens=n_prompt, context_window=model.n_ctx)
+        if n_prompt == 0:
+            msg = "the prompt is empty after tokenization; give a non-empty prompt"
+            raise InvalidParameterError(msg)
+        llama_cpp = llama_cpp_module()
+        grammar = _check_grammar(llama_cpp, model, grammar_text) if grammar_text else None
+        sequence = Generation(
+            model,
+            list(prompt_tokens),
+            sampler=make_sampler(model, sampling, grammar),
+            prefix_cache=sampling.prefix_cache,
         )
-        raise ContextWindowExceededError(msg, prompt_tokens=n_prompt, context_window=model.n_ctx)
-    if n_prompt == 0:
-        msg = "the prompt is empty after tokenization; give a non-empty prompt"
-        raise InvalidParameterError(msg)
+        pieces = model.pieces
+        eog = model.eog_ids
     room = model.n_ctx - n_prompt
     budget = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-    llama_cpp = llama_cpp_module()
-    grammar = _check_grammar(llama_cpp, model, grammar_text) if grammar_text else None
-    llama = model.llama
-    llama.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))  # noqa: S311
     out = ByteStream(stops)
-    pieces = model.pieces
-    eog = model.eog_ids
-    want_logprobs = sampling.logprobs is not None
+    top_n = sampling.logprobs
     n_generated = 0
     finish_reason: FinishReason = "length"
-    tokens = llama.generate(
-        prompt_tokens,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        min_p=sampling.min_p,
-        temp=sampling.temperature,
-        repeat_penalty=sampling.repeat_penalty,
-        frequency_penalty=sampling.frequency_penalty,
-        presence_penalty=sampling.presence_penalty,
-        grammar=grammar,
-        reset=True,
-    )
     try:
-        if budget > 0:
-            for token in tokens:
-                if token in eog:
-                    finish_reason = "stop"
-                    break
-                n_generated += 1
-                text = out.push(pieces[token])
-                if want_logprobs:
-                    yield Piece(text, logprobs=[_logprob_entry(llama, token, sampling.logprobs or 0)])
-                elif text:
-                    yield Piece(text)
-                if out.stops.stopped:
-                    finish_reason = "stop"
-                    break
-                if n_generated >= budget:
-                    break
-                if cancel is not None and cancel.is_set():
-                    finish_reason = "cancelled"
-                    break
+        while n_generated < budget:
+            with step() as model:
+                token = sequence.advance() if n_generated else sequence.start()
+                entry = _logprob_entry(sequence.logits(), token, top_n) if top_n is not None else None
+            if token in eog:
+                finish_reason = "stop"
+                break
+            n_generated += 1
+            text = out.push(pieces[token])
+            if entry is not None:
+                yield Piece(text, logprobs=[entry])
+            elif text:
+                yield Piece(text)
+            if out.stops.stopped:
+                finish_reason = "stop"
+                break
+            if cancel is not None and cancel.is_set():
+                finish_reason = "cancelled"
+                break
     finally:
-        tokens.close()
+        sequence.finish()
     finish = FinishInfo(finish_reason, n_prompt, n_generated, out.stops.matched)
     yield Piece(out.finish(), finish=finish)
 
 
-def _logprob_entry(llama: Any, token: int, top_n: int) -> dict[str, Any]:
-    """Log-probability of the sampled token and the ``top_n`` best alternatives."""
+def _logprob_entry(row: Any, token: int, top_n: int) -> dict[str, Any]:
+    """Log-probability of the sampled token and the ``top_n`` best alternatives (``row``: its logits)."""
     import numpy as np  # noqa: PLC0415 - a llama_cpp dependency, needed only here
 
-    row = llama.scores[llama.n_tokens - 1]
     shifted = row - row.max()
     logz = math.log(float(np.exp(shifted).sum()))
     entry: dict[str, Any] = {"token": token, "logprob": float(shifted[token]) - logz}

@@ -10,7 +10,7 @@ with ``logits_all``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -188,6 +188,14 @@ class LlamaCppSamplingFields(FieldGroup):
 
     grammar: str | None = None
     """A GBNF grammar that constrains the output. Default: None."""
+
+    prefix_cache: Literal["exact", "longest"] = "exact"
+    """How a call reuses the KV cache the previous call on the model left. ``"exact"``: only
+    the prompt prefix computed in full aligned prefill chunks, so the rest is evaluated
+    exactly as on a fresh context and the same input always gives the same greedy answer.
+    ``"longest"``: every matching token (llama-cpp-python's behaviour; a little faster on
+    multi-turn chats, but greedy answers can change in the last bits with what ran
+    before). Default: "exact"."""
 
     json_schema: dict[str, Any] | None = None
     """A JSON schema the output must match (converted to a GBNF grammar). Default: None."""
