@@ -201,4 +201,5 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
             for key in usage:
                 usage[key] += int(info.get(key, 0))
         model_name = self._model_label({})
-        return LLMResult(generations=generations, llm_output={"token_usage": usage, "model_name": model_name})
+        output = {"token_usage": usage, "model_name": model_name, "model_provider": self._provider}
+        return LLMResult(generations=generations, llm_output=output)

@@ -8,6 +8,7 @@ the backend's verbs.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from langchain_core.language_models import LangSmithParams
@@ -16,6 +17,7 @@ from pydantic import BaseModel, PrivateAttr, field_validator, model_validator
 from langchain_localllm._core.backend import BaseBackend
 from langchain_localllm._core.settings import Settings
 from langchain_localllm._core.stop import merge_stops
+from langchain_localllm.errors import InvalidParameterError
 
 __all__ = ["LocalModel"]
 
@@ -41,6 +43,47 @@ class LocalModel(BaseModel):
     _provider: ClassVar[str]
     """The backend's provider name (LangSmith's ``ls_provider``, ``model_provider`` in metadata)."""
 
+    _model_kwargs_target: ClassVar[str] = ""
+    """What ``model_kwargs`` are passed to (``llama_cpp.Llama``, ``from_pretrained``); empty: no such field."""
+    _model_kwargs_set_by_package: ClassVar[Mapping[str, str]] = {}
+    """``model_kwargs`` keys the package passes itself, with what to use instead."""
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the fields (``model_kwargs`` first: keys the package owns are refused)."""
+        type(self)._check_model_kwargs(data.get("model_kwargs"))  # noqa: SLF001 - before pydantic validates
+        super().__init__(**data)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Run the LangChain class's own hook too (langchain-core seeds ``metadata["lc_versions"]`` there).
+
+        Without this definition pydantic gives this mixin, for its private attributes, a hook
+        that does not call the next class's, and langchain-core's never ran.
+        """
+        super().model_post_init(context)
+
+    @classmethod
+    def _check_model_kwargs(cls, model_kwargs: Any) -> None:
+        """Refuse ``model_kwargs`` keys that are fields of the class or that the package passes itself.
+
+        Such a key would bypass the field's checks (``n_ctx`` and the context window), override
+        one of the package's own arguments, or fail only at load (``got multiple values``).
+
+        Raises:
+            InvalidParameterError: Naming the key and the field (or setting) to use instead.
+        """
+        if not cls._model_kwargs_target or not isinstance(model_kwargs, Mapping):
+            return  # a wrong type is pydantic's to report
+        for key in model_kwargs:
+            instead = cls._model_kwargs_set_by_package.get(key)
+            if instead is not None:
+                why = f"the package passes {key!r} to {cls._model_kwargs_target} itself"
+            elif key in cls.model_fields:
+                why, instead = f"{key!r} is a field of {cls.__name__}", f"the field: {cls.__name__}(..., {key}=...)"
+            else:
+                continue
+            msg = f"model_kwargs[{key!r}] is refused: {why}; use {instead}"
+            raise InvalidParameterError(msg)
+
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, value: list[str] | None) -> list[str] | None:
@@ -56,12 +99,27 @@ class LocalModel(BaseModel):
 
     def _backend(self) -> BaseBackend[Any, Any]:
         """This instance's backend (a new one when the load fields changed)."""
+        self._check_model_kwargs(getattr(self, "model_kwargs", None))  # also when assigned after construction
         settings = self._load_settings()
         backend = self._backend_slot
         if backend is None or backend.settings != settings:
             backend = self._new_backend(settings)
             self._backend_slot = backend
         return backend
+
+    @model_validator(mode="after")
+    def _set_localllm_version(self) -> LocalModel:
+        """Record the package version in ``metadata["lc_versions"]``, as the partner packages do.
+
+        langchain-core seeds ``lc_versions`` with its own version; each layer adds its own
+        (a validator of a unique name: pydantic replaces same-named validators).
+        """
+        from langchain_localllm import __version__  # noqa: PLC0415 - the package is imported by now
+
+        add_version = getattr(self, "_add_version", None)  # absent from older langchain-core 1.x
+        if callable(add_version):
+            add_version("langchain-localllm", __version__)
+        return self
 
     @model_validator(mode="after")
     def _load_if_asked(self) -> LocalModel:

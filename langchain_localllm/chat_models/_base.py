@@ -29,14 +29,16 @@ from langchain_localllm._core.settings import Settings, check_known
 from langchain_localllm._core.stop import merge_stops
 from langchain_localllm._core.structured import with_structured_output
 from langchain_localllm._core.tools import ToolCallParser, ToolPlan, convert_tools, normalize_tool_choice
+from langchain_localllm.chat_models._response_format import requested_schema
 
 __all__ = ["CHAT_OPTIONS", "LocalChatModel"]
 
 CHAT_OPTIONS = frozenset(
-    {"tools", "tool_choice", "tool_parser", "json_schema", "ls_structured_output_format", "stream"}
+    {"tools", "tool_choice", "tool_parser", "json_schema", "response_format", "ls_structured_output_format", "stream"}
 )
 """Call options every chat model takes besides its sampling settings: what ``bind_tools`` and
-``with_structured_output`` bind, and LangChain's ``stream`` flag (no effect: every call streams)."""
+``with_structured_output`` bind, ``response_format`` (langchain's provider strategy, see
+``_response_format.py``), and LangChain's ``stream`` flag (no effect: every call streams)."""
 
 
 class LocalChatModel(LocalModel, BaseChatModel):
@@ -83,7 +85,8 @@ class LocalChatModel(LocalModel, BaseChatModel):
             chat_template=self.chat_template,
             literal=not self.allow_control_tokens_in_content,
         )
-        request = GenerateRequest(prompt, sampling, merge_stops(self.stop, stop), plan, kwargs.get("json_schema"))
+        schema = requested_schema(kwargs, plan)
+        request = GenerateRequest(prompt, sampling, merge_stops(self.stop, stop), plan, schema)
         return backend, request, plan
 
     def _stream(

@@ -6,7 +6,7 @@ import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import LanguageModelInput, ModelProfile
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
@@ -14,12 +14,20 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_localllm._backends.transformers.backend import BATCH_SLOT, TransformersBackend
 from langchain_localllm._backends.transformers.batch import BatchPlan
-from langchain_localllm._backends.transformers.settings import HFLoadFields, HFSamplingFields, LoadSpec, Sampling
+from langchain_localllm._backends.transformers.load import context_window_on_disk
+from langchain_localllm._backends.transformers.settings import (
+    HF_KWARGS_SET_BY_PACKAGE,
+    HFLoadFields,
+    HFSamplingFields,
+    LoadSpec,
+    Sampling,
+)
 from langchain_localllm._core.backend import BaseBackend, ChatPrompt, GenerateRequest
 from langchain_localllm._core.messages import ChatDict, to_chat_dicts
 from langchain_localllm._core.settings import Settings, check_known
 from langchain_localllm._core.tools import ToolPlan
 from langchain_localllm.chat_models._base import LocalChatModel
+from langchain_localllm.chat_models._profile import local_profile
 from langchain_localllm.errors import InvalidParameterError
 
 __all__ = ["HFLocalChatModel"]
@@ -149,6 +157,12 @@ class HFLocalChatModel(HFSamplingFields, HFLoadFields, LocalChatModel):
         }
 
     _provider: ClassVar[str] = TransformersBackend.provider
+    _model_kwargs_target: ClassVar[str] = "from_pretrained"
+    _model_kwargs_set_by_package: ClassVar[Mapping[str, str]] = HF_KWARGS_SET_BY_PACKAGE
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """The profile (see ``_profile.py``); ``max_input_tokens`` from a ``config.json`` already on disk."""
+        return local_profile(name=self.model, max_input_tokens=context_window_on_disk(LoadSpec.of(self)))
 
     def _model_label(self, kwargs: dict[str, Any]) -> str:
         override = kwargs.get("model")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.language_models import ModelProfile
 from pydantic import ConfigDict
 
 from langchain_localllm._backends.llamacpp.model import LlamaCppModel
+from langchain_localllm._backends.llamacpp.settings import gguf_model_name
 from langchain_localllm.chat_models._base import LocalChatModel
+from langchain_localllm.chat_models._profile import local_profile
 
 __all__ = ["LocalGGMLChatModel"]
 
@@ -53,3 +56,7 @@ class LocalGGMLChatModel(LlamaCppModel, LocalChatModel):  # type: ignore[misc] #
             "max_tokens": self.max_tokens,
             "stop": self.stop,
         }
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """The profile (see ``_profile.py``); ``max_input_tokens`` is ``n_ctx`` when set (else known after load)."""
+        return local_profile(name=gguf_model_name(self), max_input_tokens=self.n_ctx)

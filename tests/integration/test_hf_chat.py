@@ -630,8 +630,9 @@ def test_seed_makes_sampling_reproducible(hf_path: Path) -> None:
 def test_generate_kwargs_reach_generate(chat: HFLocalChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
     spy = GenerateSpy(chat, monkeypatch)
     chat.invoke("Hello", generate_kwargs={"no_repeat_ngram_size": 50})
-    assert spy.calls[-1]["kwargs"]["no_repeat_ngram_size"] == 50
     config = spy.calls[-1]["kwargs"]["generation_config"]
+    assert config.no_repeat_ngram_size == 50  # a generation setting: on the config, not beside it
+    assert "no_repeat_ngram_size" not in spy.calls[-1]["kwargs"]
     assert config.do_sample is False
     assert sorted(config.eos_token_id) == [0, 2]  # every EOS id of the model
 

@@ -168,7 +168,7 @@ def test_call_options_are_validated() -> None:
     assert chat._backend_for({"model": "m"}) is chat._backend()
 
 
-def test_generation_config_greedy_and_sampling() -> None:
+def _config_bundle() -> tuple[HFBundle, Any]:
     transformers = pytest.importorskip("transformers")
 
     class Model:
@@ -183,16 +183,35 @@ def test_generation_config_greedy_and_sampling() -> None:
         pad_id=3,
         context_window=None,
     )
-    greedy = generation_config(Sampling(), bundle, 12)
+    return bundle, Model
+
+
+def test_generation_config_greedy_and_sampling() -> None:
+    bundle, model_class = _config_bundle()
+    greedy, rest = generation_config(Sampling(), bundle, 12)
+    assert rest == {}
     assert greedy.do_sample is False
     assert (greedy.temperature, greedy.top_p, greedy.top_k) == (None, None, None)
     assert greedy.max_new_tokens == 12
     assert greedy.eos_token_id == [3, 7]
     assert greedy.pad_token_id == 3
-    sampled = generation_config(Sampling(temperature=0.8, top_k=5, repetition_penalty=1.1), bundle, 4)
+    sampled, _ = generation_config(Sampling(temperature=0.8, top_k=5, repetition_penalty=1.1), bundle, 4)
     assert (sampled.do_sample, sampled.temperature, sampled.top_k, sampled.top_p) == (True, 0.8, 5, 0.9)
     assert sampled.repetition_penalty == 1.1
-    assert Model.generation_config.temperature == 0.6  # the model's own config is untouched
+    assert model_class.generation_config.temperature == 0.6  # the model's own config is untouched
+
+
+def test_generate_kwargs_that_are_generation_settings_go_on_the_config() -> None:
+    # Passed next to generation_config, transformers logs "Passing `generation_config` together with
+    # generation-related arguments ... is deprecated": they belong on the (copied) config.
+    bundle, model_class = _config_bundle()
+    processor = object()
+    extra = {"no_repeat_ngram_size": 3, "eos_token_id": [5, 6], "use_cache": False, "logits_processor": processor}
+    config, rest = generation_config(Sampling(generate_kwargs=extra), bundle, 12)
+    assert (config.no_repeat_ngram_size, config.eos_token_id, config.use_cache) == (3, [5, 6], False)
+    assert rest == {"logits_processor": processor}  # not a generation setting: still a generate() argument
+    assert config.max_new_tokens == 12  # the sampling fields still apply
+    assert model_class.generation_config.no_repeat_ngram_size is None  # the model's own config is untouched
 
 
 # -- loading errors (no weights: these fail before any load) ------------------------------

@@ -186,12 +186,14 @@ def test_cuda_generation_is_routed_to_the_worker(
 def test_static_cache_compiles_with_cuda_graphs_only_on_the_worker() -> None:
     bundle = fake_bundle("cuda")
     sampling = Sampling()
-    here = generation_config(sampling, bundle, 8, 4)
-    there = call_on_device_thread(lambda cancel: generation_config(sampling, bundle, 8, 4))
+    here = generation_config(sampling, bundle, 8, 4)[0]
+    there = call_on_device_thread(lambda cancel: generation_config(sampling, bundle, 8, 4)[0])
     assert (here.cache_implementation, there.cache_implementation) == ("static", "static")
     assert here.compile_config.mode == "default"
     assert there.compile_config.mode == "reduce-overhead"
-    on_cpu = call_on_device_thread(lambda cancel: generation_config(Sampling(static_cache=True), fake_bundle("cpu"), 8))
+    on_cpu = call_on_device_thread(
+        lambda cancel: generation_config(Sampling(static_cache=True), fake_bundle("cpu"), 8)[0]
+    )
     assert on_cpu.compile_config.mode == "default"  # CUDA graphs exist only on CUDA
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from langchain_localllm._backends.llamacpp.gguf import GGUFInfo, read_gguf_info
 from langchain_localllm._backends.llamacpp.kv import KVState
-from langchain_localllm._backends.llamacpp.settings import LoadSettings
+from langchain_localllm._backends.llamacpp.settings import LoadSettings, check_llama_parameters
 from langchain_localllm._core.imports import import_optional
 from langchain_localllm._core.literal import ControlTokens
 from langchain_localllm.errors import InvalidParameterError, ModelLoadError
@@ -122,6 +122,7 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
         n_ctx = min(info.context_length or DEFAULT_N_CTX_CAP, DEFAULT_N_CTX_CAP)
     if settings.n_gpu_layers == 0:
         _check_memory(info, n_ctx, settings)
+    check_llama_parameters(settings.model_kwargs, llama_cpp.Llama)
     kwargs = settings.llama_kwargs(n_ctx)
     captured = io.StringIO()
     try:
@@ -151,9 +152,7 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
     return LlamaModel(
         llama=llama,
         info=info,
-        # llama.cpp may round the context up; llama-cpp-python's token arrays keep the
-        # requested size, so the smaller of the two is the real limit.
-        n_ctx=min(n_ctx, llama.n_ctx()),
+        n_ctx=usable_context(llama),
         pieces=pieces,
         eog_ids=eog,
         bos_id=bos if bos >= 0 else None,
@@ -163,6 +162,17 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
         controls=controls,
         reuse_align=_reuse_align(settings, int(llama_cpp.llama_n_ubatch(llama.ctx))),
     )
+
+
+def usable_context(llama: Any) -> int:
+    """The context the loaded ``Llama`` really has, read from it (not from the settings).
+
+    llama.cpp may round the context up (``llama.n_ctx()``); llama-cpp-python's token
+    buffer keeps the size it was constructed with, so the smaller of the two is the limit.
+    """
+    n_ctx = int(llama.n_ctx())
+    buffer = getattr(llama, "input_ids", None)
+    return min(n_ctx, len(buffer)) if buffer is not None else n_ctx
 
 
 _formatter_lock = threading.Lock()

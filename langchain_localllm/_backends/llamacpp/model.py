@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from langchain_localllm._backends.llamacpp.backend import LlamaCppBackend
 from langchain_localllm._backends.llamacpp.settings import (
+    LLAMA_KWARGS_SET_BY_PACKAGE,
     LlamaCppLoadFields,
     LlamaCppSamplingFields,
     LoadSettings,
@@ -23,6 +25,8 @@ class LlamaCppModel(LlamaCppSamplingFields, LlamaCppLoadFields, LocalModel):
     """The fields of ``LocalGGMLLLM`` and ``LocalGGMLChatModel``, over one :class:`LlamaCppBackend`."""
 
     _provider: ClassVar[str] = LlamaCppBackend.provider
+    _model_kwargs_target: ClassVar[str] = "llama_cpp.Llama"
+    _model_kwargs_set_by_package: ClassVar[Mapping[str, str]] = LLAMA_KWARGS_SET_BY_PACKAGE
 
     def _model_label(self, kwargs: dict[str, Any]) -> str:
         del kwargs

@@ -10,13 +10,24 @@ with ``logits_all``.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from langchain_localllm._core.settings import FieldGroup, Settings, hashable
+from langchain_localllm.errors import InvalidParameterError
 
-__all__ = ["LlamaCppLoadFields", "LlamaCppSamplingFields", "LoadSettings", "Sampling", "gguf_model_name"]
+__all__ = [
+    "LLAMA_KWARGS_SET_BY_PACKAGE",
+    "LlamaCppLoadFields",
+    "LlamaCppSamplingFields",
+    "LoadSettings",
+    "Sampling",
+    "check_llama_parameters",
+    "gguf_model_name",
+]
 
 INT32_MAX = 2**31 - 1
 """llama.cpp keeps counts and sizes in 32-bit integers: larger values would wrap."""
@@ -28,6 +39,40 @@ NOT_LLAMA_KWARGS = {"n_ctx", "model_kwargs", "use_extra_bufts"}
 
 SOURCE_FIELDS: set[str] = {"model_path", "repo_id", "filename", "revision", "cache_dir", "local_files_only"}
 """Load fields that say where the file is, not how llama.cpp loads it."""
+
+LLAMA_KWARGS_SET_BY_PACKAGE: dict[str, str] = {
+    "model_path": "the model_path field (or repo_id + filename)",
+    "verbose": (
+        "the verbose field, or the 'langchain_localllm.llama_cpp' logger: llama.cpp's log is routed there, "
+        "not to stderr"
+    ),
+    "n_ctx": "the n_ctx field (the context window every prompt is checked against)",
+    "logits_all": "the logprobs field (it loads the model with every position's logits)",
+    "chat_format": "chat_template (chat models) or prompt_format (LocalGGMLLLM): the package renders prompts itself",
+    "chat_handler": "chat_template (chat models) or prompt_format (LocalGGMLLLM): the package renders prompts itself",
+}
+"""``model_kwargs`` keys refused besides the classes' fields: what ``load_llama`` passes to
+``llama_cpp.Llama`` itself or what this package does instead, with what to use."""
+
+
+def check_llama_parameters(model_kwargs: Mapping[str, Any], llama_class: Any) -> None:
+    """Refuse ``model_kwargs`` that ``llama_cpp.Llama`` does not take (it would ignore them silently).
+
+    Raises:
+        InvalidParameterError: Naming the unknown keys.
+    """
+    try:
+        parameters = inspect.signature(llama_class.__init__).parameters
+    except (TypeError, ValueError):  # no signature to read: let llama.cpp decide
+        return
+    known = {name for name, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(model_kwargs) - known)
+    if unknown:
+        msg = (
+            f"model_kwargs {unknown} are not parameters of llama_cpp.Llama (which would ignore them); "
+            "see llama-cpp-python's Llama() for the names it takes"
+        )
+        raise InvalidParameterError(msg)
 
 
 def gguf_model_name(fields: LlamaCppLoadFields) -> str:

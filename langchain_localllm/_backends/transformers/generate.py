@@ -33,8 +33,17 @@ from langchain_localllm._core.stop import StopBuffer
 __all__ = ["generate_rows", "generation_config", "use_static_cache"]
 
 
-def generation_config(sampling: Sampling, bundle: HFBundle, max_new_tokens: int, prompt_width: int = 0) -> Any:
-    """A copy of the model's generation config with ``sampling`` applied."""
+def generation_config(
+    sampling: Sampling, bundle: HFBundle, max_new_tokens: int, prompt_width: int = 0
+) -> tuple[Any, dict[str, Any]]:
+    """A copy of the model's generation config with ``sampling`` applied, and the other ``generate`` arguments.
+
+    ``generate_kwargs`` that are generation-config attributes (``no_repeat_ngram_size``,
+    ``eos_token_id``, ``use_cache``...) are set on the copy, after the sampling fields, as
+    ``generate`` itself would apply them (``GenerationConfig.update``): passing them next to
+    a ``generation_config`` is deprecated in transformers and logs a warning. The rest
+    (``logits_processor``, model inputs...) are returned, to pass to ``generate``.
+    """
     config = copy.deepcopy(bundle.model.generation_config)
     if use_static_cache(sampling, bundle):
         # transformers compiles the decoding step for a static cache on CUDA. The cache
@@ -70,7 +79,8 @@ def generation_config(sampling: Sampling, bundle: HFBundle, max_new_tokens: int,
         config.min_p = None
     if sampling.repetition_penalty is not None:
         config.repetition_penalty = sampling.repetition_penalty
-    return config
+    others: dict[str, Any] = config.update(**sampling.generate_kwargs) if sampling.generate_kwargs else {}
+    return config, others
 
 
 def use_static_cache(sampling: Sampling, bundle: HFBundle) -> bool:
@@ -238,14 +248,13 @@ def generate_rows(
         for number, prompt, budget in zip(numbers, prompts, budgets, strict=True)
     ]
     observer = _Observer(states, bundle.eos_ids, None if bundle.is_seq2seq else width, emit, cancels)
-    kwargs = dict(sampling.generate_kwargs)
+    config, kwargs = generation_config(sampling, bundle, max(budgets), width)
     transformers = import_optional("transformers")
     criteria = transformers.StoppingCriteriaList([observer, *kwargs.pop("stopping_criteria", [])])
     if sampling.constraint is not None:
         n_vocab = int(bundle.model.config.get_text_config(decoder=True).vocab_size)
         grammar = GrammarProcessor(bundle.tokenizer, n_vocab, sampling.constraint, len(prompts))
         kwargs["logits_processor"] = transformers.LogitsProcessorList([*kwargs.get("logits_processor", []), grammar])
-    config = generation_config(sampling, bundle, max(budgets), width)
     if sampling.seed is not None and config.do_sample:
         torch.manual_seed(sampling.seed)
     device = bundle.device

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ from langchain_localllm._backends.transformers.settings import LoadSpec
 from langchain_localllm._core.hub import forbid_hub_network, offline
 from langchain_localllm._core.imports import import_optional
 from langchain_localllm._core.literal import ControlTokens
-from langchain_localllm.errors import InvalidParameterError, MissingDependencyError
+from langchain_localllm.errors import InvalidParameterError, LocalLLMError, MissingDependencyError
 
-__all__ = ["HFBundle", "bundle_from_objects", "load_bundle"]
+__all__ = ["HFBundle", "bundle_from_objects", "context_window_on_disk", "load_bundle"]
 
 logger = logging.getLogger("langchain_localllm")
 
@@ -87,6 +88,36 @@ def _context_window(model: Any, tokenizer: Any) -> int | None:
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < _UNBOUNDED_MODEL_MAX_LENGTH:
         return limit
+    return None
+
+
+def context_window_on_disk(spec: LoadSpec) -> int | None:
+    """The context window from the checkpoint's ``config.json`` if it is already on disk (never downloads).
+
+    Read from a local directory, or from the Hugging Face cache for a hub id; None when
+    the file is not there or names no context length (the loaded model may still know it).
+    """
+    try:
+        source = spec.source()
+        if Path(source).is_dir():
+            path: Any = Path(source) / "config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - only for hub ids
+
+            path = try_to_load_from_cache(source, "config.json", cache_dir=spec.cache_dir, revision=spec.revision)
+            if not isinstance(path, str):
+                return None
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, LocalLLMError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for cfg in (config, config.get("text_config")):
+        if isinstance(cfg, dict):
+            for attr in _CONTEXT_ATTRS:
+                value = cfg.get(attr)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
     return None
 
 

@@ -23,7 +23,14 @@ from langchain_localllm._core.imports import import_optional
 from langchain_localllm._core.settings import FieldGroup, Settings, hashable
 from langchain_localllm.errors import InvalidParameterError, ModelNotFoundError
 
-__all__ = ["FORBIDDEN_GENERATE_KWARGS", "HFLoadFields", "HFSamplingFields", "LoadSpec", "Sampling"]
+__all__ = [
+    "FORBIDDEN_GENERATE_KWARGS",
+    "HF_KWARGS_SET_BY_PACKAGE",
+    "HFLoadFields",
+    "HFSamplingFields",
+    "LoadSpec",
+    "Sampling",
+]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?)$")
@@ -46,6 +53,26 @@ FORBIDDEN_GENERATE_KWARGS = {
     "return_dict_in_generate": "the output is read token by token",
 }
 """``generate_kwargs`` keys that would fight the class's own settings, with the reason."""
+
+
+_QUANTIZATION = "the quantization field ('8bit' or '4bit'; the package builds the BitsAndBytesConfig)"
+
+HF_KWARGS_SET_BY_PACKAGE: dict[str, str] = {
+    "pretrained_model_name_or_path": "the model field",
+    "torch_dtype": "the dtype field",
+    "dtype": "the dtype field",
+    "device_map": "the device_map field (or device)",
+    "quantization_config": _QUANTIZATION,
+    "load_in_8bit": _QUANTIZATION,
+    "load_in_4bit": _QUANTIZATION,
+    "revision": "the revision field (it applies to the config and tokenizer too)",
+    "cache_dir": "the cache_dir field (it applies to the config and tokenizer too)",
+    "local_files_only": "the local_files_only field (it applies to the config and tokenizer too)",
+    "trust_remote_code": "the trust_remote_code field (it applies to the config and tokenizer too)",
+    "attn_implementation": "the attn_implementation field",
+}
+"""``model_kwargs`` keys ``load_bundle`` passes to ``from_pretrained`` itself, with the field to use
+(every other field of the class is refused too)."""
 
 
 class HFLoadFields(FieldGroup):
