@@ -20,6 +20,7 @@ the boundary) and two shapes of token loop:
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterator, Mapping, Sequence
@@ -32,6 +33,14 @@ from langchain_localllm._core.cache import LoadedModel, model_cache
 from langchain_localllm._core.messages import ChatDict
 from langchain_localllm._core.output import Piece
 from langchain_localllm._core.settings import Settings
+from langchain_localllm._core.toolprompt import (
+    PROBE_MESSAGES,
+    ToolPromptMode,
+    fallback_messages,
+    has_tool_history,
+    template_ignores_tools,
+    warn_ignored_tools,
+)
 from langchain_localllm._core.tools import ToolPlan
 from langchain_localllm.errors import GenerationError, LocalLLMError, ModelLoadError
 
@@ -65,6 +74,8 @@ class ChatPrompt:
     """Text sent as-is when the model has no template (``LocalGGMLLLM``'s ``"auto"``); None: an error."""
     literal: bool = True
     """Contents are literal text: control-token strings in them never become control tokens."""
+    tool_prompt: ToolPromptMode = "auto"
+    """How tools and tool history reach the prompt (see :mod:`~langchain_localllm._core.toolprompt`)."""
 
 
 @dataclass(frozen=True)
@@ -241,19 +252,52 @@ class BaseBackend(ABC, Generic[M, S]):
     def render(self, prompt: Prompt) -> list[int]:
         """The prompt token ids the model would see (loads the model)."""
         with self.hold() as model:
-            return self._render(model, prompt)
+            return self._render(model, self._tool_prompt(model, prompt)[0])
+
+    def _tool_prompt(self, model: M, prompt: Prompt) -> tuple[Prompt, bool]:
+        """``prompt`` with the package's tool prompt when it is used, and whether it is (model held).
+
+        Used with ``tool_prompt="fallback"``, or with ``"auto"`` when the template renders the
+        same prompt with and without tools; only for prompts with tools or tool history.
+        """
+        if not isinstance(prompt, ChatPrompt) or not (prompt.tools or has_tool_history(prompt.messages)):
+            return prompt, False
+        if prompt.tool_prompt == "template" and not prompt.tools:
+            return prompt, False
+        use = prompt.tool_prompt == "fallback"
+        if not use:
+            template = self._template(model, prompt.chat_template)
+            key = (type(self).__name__, template)
+            probe = dataclasses.replace(prompt, messages=PROBE_MESSAGES, tool_prompt="template")
+
+            def render(tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
+                return self._render(model, dataclasses.replace(probe, tools=tools))
+
+            if template_ignores_tools(key, render):
+                if prompt.tools:
+                    warn_ignored_tools(key, prompt.tool_prompt, repr(self.model_name()))
+                use = prompt.tool_prompt == "auto"
+        if not use:
+            return prompt, False
+        messages = fallback_messages(prompt.messages, prompt.tools)
+        return dataclasses.replace(prompt, messages=messages, tools=None), True
 
     def _prepare(self, model: M, request: GenerateRequest[S]) -> tuple[list[int], str | None]:
         """Resolve tools and schema into a constraint, and render the prompt (model held)."""
         constraint = None
         tools = request.tools
+        prompt, fallback = self._tool_prompt(model, request.prompt)
         if tools is not None and tools.active:
-            override = request.prompt.chat_template if isinstance(request.prompt, ChatPrompt) else None
-            tools.resolve(self._template(model, override), lambda schema, parser: self._compile(schema, parser.wrap))
+            override = prompt.chat_template if isinstance(prompt, ChatPrompt) else None
+            tools.resolve(
+                self._template(model, override),
+                lambda schema, parser: self._compile(schema, parser.wrap),
+                fallback=fallback,
+            )
             constraint = tools.grammar
         if constraint is None and request.json_schema is not None:
             constraint = self._compile(request.json_schema, None)
-        return self._render(model, request.prompt), constraint
+        return self._render(model, prompt), constraint
 
     def _mapped(self, pieces: Iterator[Piece]) -> Generator[Piece, None, None]:
         """``pieces`` with backend exceptions mapped into the error tree."""

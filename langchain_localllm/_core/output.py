@@ -8,13 +8,14 @@ for all three model classes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, InvalidToolCall, ToolCall
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import ToolCallChunk
+from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk
 
 __all__ = ["ChunkAggregate", "FinishInfo", "FinishReason", "Piece", "chat_chunk", "llm_chunk"]
@@ -75,13 +76,17 @@ def chat_chunk(
     *,
     model_name: str,
     provider: str,
-    tool_call_chunks: Sequence[ToolCallChunk] = (),
+    tool_calls: Sequence[ToolCall] = (),
+    invalid_tool_calls: Sequence[InvalidToolCall] = (),
 ) -> ChatGenerationChunk | None:
     """The chat chunk for one piece (``text`` may differ from ``piece.text`` when tool calls are held back).
 
     Returns None for a non-final piece with nothing to show. The last chunk carries the usage,
-    ``finish_reason`` (``"tool_calls"`` when it ends in parsed calls), ``stop_sequence`` and the
-    model's name and provider.
+    ``finish_reason`` (``"tool_calls"`` when it ends in at least one valid call, never for
+    invalid calls alone), ``stop_sequence``, the model's name and provider, and the calls:
+    each as a ``tool_call_chunk`` and, on this chunk, ``invalid_tool_calls`` with their
+    errors. The invalid calls' ``args`` must be text langchain-core cannot parse into a call
+    (``ToolPlan`` gives them as JSON strings), since it rebuilds calls from the chunks.
     """
     finish = piece.finish
     if finish is None:
@@ -90,8 +95,16 @@ def chat_chunk(
         extra: dict[str, Any] = {"logprobs": piece.logprobs} if piece.logprobs else {}
         return ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=extra))
     reason: str = finish.finish_reason
-    if tool_call_chunks and reason == "stop":
+    if tool_calls and reason == "stop":
         reason = "tool_calls"
+    chunks = [
+        tool_call_chunk(name=call["name"], args=json.dumps(call["args"], ensure_ascii=False), id=call["id"], index=i)
+        for i, call in enumerate(tool_calls)
+    ]
+    chunks.extend(
+        tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
+        for j, bad in enumerate(invalid_tool_calls, start=len(chunks))
+    )
     info: dict[str, Any] = {"finish_reason": reason}
     if finish.stop_sequence is not None:
         info["stop_sequence"] = finish.stop_sequence
@@ -108,11 +121,13 @@ def chat_chunk(
     )
     message = AIMessageChunk(
         content=text,
-        tool_call_chunks=list(tool_call_chunks),
+        tool_call_chunks=chunks,
         usage_metadata=usage,
         response_metadata=metadata,
         chunk_position="last",
     )
+    if invalid_tool_calls:  # rebuilt from the chunks without their errors: give them back
+        message.invalid_tool_calls = list(invalid_tool_calls)
     return ChatGenerationChunk(message=message, generation_info=info)
 
 
@@ -124,7 +139,7 @@ class ChunkAggregate:
     from the chat chunk that carries ``usage_metadata``.
     """
 
-    __slots__ = ("info", "last_message", "logprobs", "texts", "tool_call_chunks")
+    __slots__ = ("errors", "info", "last_message", "logprobs", "texts", "tool_call_chunks")
 
     def __init__(self) -> None:
         """Start empty."""
@@ -132,6 +147,8 @@ class ChunkAggregate:
         self.info: dict[str, Any] = {}
         self.logprobs: list[Any] = []
         self.tool_call_chunks: list[ToolCallChunk] = []
+        self.errors: dict[str | None, str | None] = {}
+        """The errors of invalid calls by call id (the chunks carry no errors)."""
         self.last_message: AIMessageChunk | None = None
 
     def add(self, chunk: Generation) -> None:
@@ -146,6 +163,7 @@ class ChunkAggregate:
         message = getattr(chunk, "message", None)
         if isinstance(message, AIMessageChunk):
             self.tool_call_chunks.extend(message.tool_call_chunks)
+            self.errors.update((bad.get("id"), bad.get("error")) for bad in message.invalid_tool_calls)
             self.logprobs.extend(message.response_metadata.get("logprobs") or [])
             if message.usage_metadata is not None:
                 self.last_message = message
@@ -167,7 +185,9 @@ class ChunkAggregate:
         message = AIMessage(
             content="".join(self.texts),
             tool_calls=calls.tool_calls,
-            invalid_tool_calls=calls.invalid_tool_calls,
+            invalid_tool_calls=[
+                {**bad, "error": self.errors.get(bad.get("id"), bad.get("error"))} for bad in calls.invalid_tool_calls
+            ],
             usage_metadata=last.usage_metadata if last is not None else None,
             response_metadata=metadata,
         )

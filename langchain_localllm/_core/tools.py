@@ -17,16 +17,18 @@ tools", which the backends compile into constrained decoding.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.messages import InvalidToolCall, ToolCall
-from langchain_core.messages.tool import ToolCallChunk, invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.utils.json import parse_partial_json
 
-from langchain_localllm._core.output import Piece, chat_chunk
+from langchain_localllm._core.output import FinishInfo, Piece, chat_chunk
 from langchain_localllm._core.stop import StopBuffer
 from langchain_localllm.errors import InvalidParameterError
 
@@ -74,7 +76,7 @@ def _new_id() -> str:
 
 
 def _call_from_obj(obj: Any, raw: str) -> ToolCall | InvalidToolCall:
-    if isinstance(obj, Mapping) and isinstance(obj.get("name"), str):
+    if isinstance(obj, Mapping) and isinstance(obj.get("name"), str) and obj["name"]:
         args = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(args, str):
             try:
@@ -83,13 +85,38 @@ def _call_from_obj(obj: Any, raw: str) -> ToolCall | InvalidToolCall:
                 return invalid_tool_call(name=obj["name"], args=args, id=_new_id(), error="arguments are not JSON")
         if isinstance(args, Mapping):
             return tool_call(name=obj["name"], args=dict(args), id=_new_id())
-    return invalid_tool_call(name=None, args=raw, id=_new_id(), error="not a {name, arguments} object")
+    return invalid_tool_call(name=None, args=raw, id=_new_id(), error="not a {name, arguments} object with a tool name")
 
 
 def _split(results: Sequence[ToolCall | InvalidToolCall]) -> tuple[list[ToolCall], list[InvalidToolCall]]:
     calls = [r for r in results if r.get("type") == "tool_call"]
     invalid = [r for r in results if r.get("type") == "invalid_tool_call"]
     return calls, invalid  # type: ignore[return-value]
+
+
+_NAME = re.compile(r'\A\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _written_name(raw: str) -> str | None:
+    """The tool name of a call that does not parse, when the model wrote it out in full first."""
+    match = _NAME.match(raw)
+    if match is None:
+        return None
+    try:
+        name = json.loads(match.group(1), strict=False)
+    except json.JSONDecodeError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _call_shaped(text: str) -> bool:
+    """Whether JSON text that does not parse starts like a call: an object (or a list of them) with ``name``."""
+    try:
+        partial = parse_partial_json(text, strict=False)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        return False
+    first = partial[0] if isinstance(partial, list) and partial else partial
+    return isinstance(first, Mapping) and "name" in first
 
 
 class HermesToolCallParser:
@@ -124,7 +151,8 @@ class HermesToolCallParser:
                 close = text.find(self._CLOSE, body)
                 end = len(text) if close == -1 else close
                 raw = text[body:end].strip()
-                results.append(invalid_tool_call(name=None, args=raw, id=_new_id(), error=f"invalid JSON: {e}"))
+                name = _written_name(raw)
+                results.append(invalid_tool_call(name=name, args=raw, id=_new_id(), error=f"invalid JSON: {e}"))
             else:
                 results.append(_call_from_obj(obj, text[body:end]))
             rest = text[end:].lstrip()
@@ -159,8 +187,12 @@ class JsonToolCallParser:
             return text, [], []
         try:
             obj = json.loads(stripped, strict=False)
-        except json.JSONDecodeError:
-            return text, [], []
+        except json.JSONDecodeError as e:
+            if not _call_shaped(stripped):
+                return text, [], []
+            # A call cut off or malformed: reported, never "completed" into one.
+            name = _written_name(stripped)
+            return "", [], [invalid_tool_call(name=name, args=stripped, id=_new_id(), error=f"invalid JSON: {e}")]
         items = obj if isinstance(obj, list) else [obj]
         if not all(isinstance(i, Mapping) and "name" in i for i in items):
             return text, [], []
@@ -272,16 +304,24 @@ class ToolPlan:
         """Whether tools are bound and may be called (``tool_choice`` is not ``"none"``)."""
         return bool(self.tools) and self.choice != "none"
 
-    def resolve(self, template: str | None, compile_call: Callable[[dict[str, Any], ToolCallParser], str]) -> None:
+    def resolve(
+        self,
+        template: str | None,
+        compile_call: Callable[[dict[str, Any], ToolCallParser], str],
+        *,
+        fallback: bool = False,
+    ) -> None:
         """Pick the parser from ``template``; for a forced call, compile its constraint.
 
         ``compile_call(schema, parser)`` turns the JSON schema of a valid call into the
-        backend's constraint (a GBNF grammar, a llguidance grammar...).
+        backend's constraint (a GBNF grammar, a llguidance grammar...). With ``fallback``
+        (the prompt is the package's own tool prompt, :mod:`~langchain_localllm._core.toolprompt`),
+        the parser is the Hermes one that prompt teaches.
         """
         if not self.active:
             return
         if self.parser is None:
-            self.parser = parser_for_template(template)
+            self.parser = HermesToolCallParser() if fallback else parser_for_template(template)
             self._marker = _marker_buffer(self.parser)
         if self.choice != "auto":
             only = None if self.choice == "required" else self.choice
@@ -290,12 +330,15 @@ class ToolPlan:
     def chunk(self, piece: Piece, *, model_name: str, provider: str) -> ChatGenerationChunk | None:
         """The chat chunk for one piece, holding back what may be a tool call (None: nothing to send yet)."""
         text = piece.text
-        calls: list[ToolCallChunk] = []
+        calls: list[ToolCall] = []
+        invalid: list[InvalidToolCall] = []
         if self._holding and self.parser is not None:
             text = self._hold(text, final=piece.finish is not None)
-        if piece.finish is not None and self.active and self.parser is not None and text:
-            text, calls = self._parse(text)
-        return chat_chunk(text, piece, model_name=model_name, provider=provider, tool_call_chunks=calls)
+        if piece.finish is not None and self.active and self.parser is not None and (text or self.choice != "auto"):
+            text, calls, invalid = self._parse(text, piece.finish)
+        return chat_chunk(
+            text, piece, model_name=model_name, provider=provider, tool_calls=calls, invalid_tool_calls=invalid
+        )
 
     def _hold(self, text: str, *, final: bool) -> str:
         """Return the text that is safe to stream now; keep what may be (part of) a call.
@@ -329,20 +372,59 @@ class ToolPlan:
         self._held = []
         return so_far
 
-    def _parse(self, text: str) -> tuple[str, list[ToolCallChunk]]:
+    def _parse(self, text: str, finish: FinishInfo) -> ParsedOutput:
+        """Split the held answer into content, valid calls and calls reported invalid.
+
+        A forced call (``tool_choice`` not ``"auto"``) that did not come out whole is an
+        invalid call, never content. The last invalid call's error says when the answer was
+        cut off (``max_tokens`` or a stop sequence). Invalid calls keep the text the model
+        wrote as a JSON string (see :func:`_quoted`).
+        """
         assert self.parser is not None  # noqa: S101 - guarded by the caller
         content, calls, invalid = self.parser.parse(text)
-        chunks = [
-            tool_call_chunk(
-                name=call["name"], args=json.dumps(call["args"], ensure_ascii=False), id=call["id"], index=i
+        if self.choice != "auto" and not calls:
+            if not invalid:
+                written = text.strip()
+                invalid = [
+                    invalid_tool_call(
+                        name=_written_name(written), args=written, id=_new_id(), error="not a complete tool call"
+                    )
+                ]
+            content = ""
+        if not invalid:
+            return content, calls, invalid
+        cause = _cut_off(finish)
+        out = [_quoted(bad) for bad in invalid]
+        if cause:
+            last = out[-1]
+            out[-1] = invalid_tool_call(
+                name=last["name"], args=last["args"], id=last["id"], error=f"{cause}: {last['error'] or 'incomplete'}"
             )
-            for i, call in enumerate(calls)
-        ]
-        chunks.extend(
-            tool_call_chunk(name=bad.get("name"), args=bad.get("args"), id=bad.get("id"), index=j)
-            for j, bad in enumerate(invalid, start=len(calls))
-        )
-        return content, chunks
+        return content, calls, out
+
+
+def _cut_off(finish: FinishInfo) -> str | None:
+    """What cut the answer short, if anything did."""
+    if finish.finish_reason == "length":
+        return "cut off by max_tokens before the tool call was complete"
+    if finish.stop_sequence is not None:
+        return f"cut off by the stop sequence {finish.stop_sequence!r} before the tool call was complete"
+    return None
+
+
+def _quoted(bad: InvalidToolCall) -> InvalidToolCall:
+    """``bad`` with its ``args`` (the text the model wrote) as a JSON string.
+
+    Streamed chunks carry calls as ``tool_call_chunks``, and langchain-core rebuilds
+    ``tool_calls`` / ``invalid_tool_calls`` from them with a lenient partial-JSON parser
+    that "completes" any text starting with ``{`` into a call (``{"name": "get_fl`` becomes
+    a call named ``''``). A JSON string is never completed into an object, so the call stays
+    invalid however the chunks are added up; ``json.loads(args)`` gives the text back.
+    """
+    args = bad.get("args")
+    text = args if isinstance(args, str) else ""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return invalid_tool_call(name=bad.get("name"), args=quoted, id=bad.get("id") or _new_id(), error=bad.get("error"))
 
 
 def _marker_buffer(parser: ToolCallParser | None) -> StopBuffer | None:

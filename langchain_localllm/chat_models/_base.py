@@ -28,6 +28,7 @@ from langchain_localllm._core.output import ChunkAggregate
 from langchain_localllm._core.settings import Settings, check_known
 from langchain_localllm._core.stop import merge_stops
 from langchain_localllm._core.structured import with_structured_output
+from langchain_localllm._core.toolprompt import ToolPromptMode
 from langchain_localllm._core.tools import ToolCallParser, ToolPlan, convert_tools, normalize_tool_choice
 from langchain_localllm.chat_models._response_format import requested_schema
 
@@ -46,6 +47,15 @@ class LocalChatModel(LocalModel, BaseChatModel):
 
     chat_template: str | None = None
     """A Jinja chat template used instead of the model's own. Default: None (the model's)."""
+
+    tool_prompt: ToolPromptMode = "auto"
+    """How bound tools (and earlier tool calls and results) reach the prompt. ``"auto"``
+    (default): through the chat template's own tool format, or, when the template ignores
+    tools (the same prompt with and without them; a warning says so once), through the
+    package's tool prompt: a system message listing the tools in the Hermes
+    ``<tool_call>`` format, with history calls and results written as text.
+    ``"template"``: always the template (tools it ignores stay invisible); ``"fallback"``:
+    always the package's tool prompt."""
 
     streaming: bool = False
     """LangChain's standard flag. Every call already runs the streaming path (``invoke``
@@ -84,6 +94,7 @@ class LocalChatModel(LocalModel, BaseChatModel):
             tools=plan.tools if plan.active else None,
             chat_template=self.chat_template,
             literal=not self.allow_control_tokens_in_content,
+            tool_prompt=self.tool_prompt,
         )
         schema = requested_schema(kwargs, plan)
         request = GenerateRequest(prompt, sampling, merge_stops(self.stop, stop), plan, schema)
@@ -159,6 +170,7 @@ class LocalChatModel(LocalModel, BaseChatModel):
             tools=convert_tools(tools) if tools else None,
             chat_template=self.chat_template,
             literal=not self.allow_control_tokens_in_content,
+            tool_prompt=self.tool_prompt,
         )
         return len(self._backend().render(prompt))
 

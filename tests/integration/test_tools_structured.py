@@ -96,6 +96,52 @@ def test_forced_tool_calls_are_always_valid(chat: BaseChatModel, choice: Any, qu
         assert isinstance(call["args"]["flower"], str)
 
 
+def _summary(message: Any) -> tuple[Any, ...]:
+    """What a caller acts on: content, calls, invalid calls (without ids and errors), finish reason."""
+    invalid = [(bad["name"], bad["args"]) for bad in message.invalid_tool_calls]
+    calls = [(c["name"], c["args"]) for c in message.tool_calls]
+    return message.content, calls, invalid, message.response_metadata["finish_reason"]
+
+
+def _added(chunks: list[Any]) -> Any:
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    return total
+
+
+@pytest.mark.parametrize("max_tokens", [8, 24])
+async def test_a_call_cut_off_by_max_tokens_is_invalid_never_a_call_named_empty(
+    chat: BaseChatModel, max_tokens: int
+) -> None:
+    """Before: ``tool_calls=[{'name': '', 'args': {'name': 'get_flower_price', ...}}]``, finish ``length``."""
+    ex = TOOL_EXAMPLES[0]
+    bound = chat.bind_tools([PRICE_TOOL])
+    msg = bound.invoke(as_messages(ex.messages), max_tokens=max_tokens)
+    assert msg.tool_calls == []
+    assert len(msg.invalid_tool_calls) == 1
+    bad = msg.invalid_tool_calls[0]
+    assert "cut off by max_tokens" in (bad["error"] or "")
+    assert json.loads(bad["args"]).startswith('{"name')  # the text the model wrote
+    assert msg.response_metadata["finish_reason"] == "length"
+    streamed = _added(list(bound.stream(as_messages(ex.messages), max_tokens=max_tokens)))
+    assert _summary(streamed) == _summary(msg)  # langchain-core's own `+` of the chunks agrees
+    async_streamed = _added([c async for c in bound.astream(as_messages(ex.messages), max_tokens=max_tokens)])
+    assert _summary(async_streamed) == _summary(msg)
+
+
+@pytest.mark.parametrize("choice", ["any", "get_flower_price"])
+def test_a_forced_call_cut_off_is_invalid_never_content(chat: BaseChatModel, choice: str) -> None:
+    bound = chat.bind_tools([PRICE_TOOL], tool_choice=choice)
+    for max_tokens in (1, 10):
+        msg = bound.invoke("Hello", max_tokens=max_tokens)
+        assert (msg.content, msg.tool_calls) == ("", [])
+        assert len(msg.invalid_tool_calls) == 1
+        assert "cut off by max_tokens" in (msg.invalid_tool_calls[0]["error"] or "")
+        assert msg.response_metadata["finish_reason"] == "length"
+        assert _summary(_added(list(bound.stream("Hello", max_tokens=max_tokens)))) == _summary(msg)
+
+
 def test_unknown_tool_choice_is_an_error(chat: BaseChatModel) -> None:
     with pytest.raises(ValueError, match="tool_choice"):
         chat.bind_tools([PRICE_TOOL], tool_choice="no_such_tool")

@@ -164,19 +164,28 @@ def test_small_integer_ranges_become_enums_for_llamacpp() -> None:
     assert _enumerate_small_int_ranges(huge) == huge
 
 
-def _run_plan(parser: Any, pieces: list[str]) -> tuple[list[str], Any]:
+def _chunks(
+    parser: Any, pieces: list[str], *, choice: str = "auto", reason: str = "stop", stop_sequence: str | None = None
+) -> list[Any]:
+    """The chat chunks a plan makes of ``pieces`` (the last piece ends the answer)."""
     from langchain_localllm._core.output import FinishInfo, Piece
     from langchain_localllm._core.tools import ToolPlan
 
-    plan = ToolPlan({"tools": TOOLS, "tool_choice": "auto", "tool_parser": parser})
-    streamed: list[str] = []
-    final = None
-    finish = FinishInfo("stop", 3, len(pieces))
+    plan = ToolPlan({"tools": TOOLS, "tool_choice": choice, "tool_parser": parser})
+    finish = FinishInfo(reason, 3, len(pieces), stop_sequence)  # type: ignore[arg-type]
+    chunks = []
     for i, text in enumerate(pieces):
         last = i == len(pieces) - 1
         chunk = plan.chunk(Piece(text, finish=finish if last else None), model_name="m", provider="test")
-        if chunk is None:
-            continue
+        if chunk is not None:
+            chunks.append(chunk)
+    return chunks
+
+
+def _run_plan(parser: Any, pieces: list[str]) -> tuple[list[str], Any]:
+    streamed: list[str] = []
+    final = None
+    for chunk in _chunks(parser, pieces):
         if chunk.message.response_metadata.get("finish_reason"):
             final = chunk.message
         else:
@@ -209,3 +218,95 @@ def test_plan_with_the_json_parser_streams_plain_text_and_parses_a_whole_json_ca
     )
     assert streamed == []
     assert json.loads(final.tool_call_chunks[0]["args"]) == {"flower": "lily"}
+
+
+# -- calls that do not parse are reported, never invented ------------------------------------
+
+
+def _outcomes(chunks: list[Any]) -> dict[str, Any]:
+    """What the last chunk, langchain-core's ``+`` of all chunks and the package's aggregate say."""
+    from langchain_localllm._core.output import ChunkAggregate
+
+    added = chunks[0].message
+    for chunk in chunks[1:]:
+        added = added + chunk.message
+    acc = ChunkAggregate()
+    for chunk in chunks:
+        acc.add(chunk)
+    return {"last": chunks[-1].message, "added": added, "invoke": acc.chat_result().generations[0].message}
+
+
+CUT_HERMES = '<tool_call>\n{"name": "get_price", "arguments": {"flower": "ro'
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_a_hermes_call_cut_off_by_max_tokens_is_invalid_however_it_is_aggregated(choice: str) -> None:
+    chunks = _chunks(HermesToolCallParser(), [CUT_HERMES[:15], CUT_HERMES[15:]], choice=choice, reason="length")
+    for how, message in _outcomes(chunks).items():
+        assert message.tool_calls == [], how  # langchain-core's lenient parser used to "complete" it
+        assert len(message.invalid_tool_calls) == 1, how
+        bad = message.invalid_tool_calls[0]
+        assert bad["name"] == "get_price", how
+        assert json.loads(bad["args"]) == '{"name": "get_price", "arguments": {"flower": "ro', how
+        assert message.content == "", how
+        assert message.response_metadata["finish_reason"] == "length", how
+    outcomes = _outcomes(chunks)
+    for how in ("last", "invoke"):
+        assert "cut off by max_tokens" in outcomes[how].invalid_tool_calls[0]["error"]
+        assert "invalid JSON" in outcomes[how].invalid_tool_calls[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>{"foo": 1}</tool_call>',  # JSON, not a call: its text used to become a call named ''
+        "<tool_call>{not json</tool_call>",  # completed to {} before
+        '<tool_call>{"name": "", "arguments": {}}</tool_call>',  # a call named '' is no call
+        '<tool_call>{"name": "get_price", "arguments": {"flower": "rose",}}</tool_call>',
+    ],
+)
+def test_malformed_hermes_calls_are_invalid_and_the_finish_reason_is_stop(text: str) -> None:
+    for how, message in _outcomes(_chunks(HermesToolCallParser(), [text])).items():
+        assert message.tool_calls == [], how
+        assert len(message.invalid_tool_calls) == 1, how
+        assert message.response_metadata["finish_reason"] == "stop", how
+
+
+def test_a_json_call_cut_off_is_invalid_but_cut_off_json_text_stays_text() -> None:
+    cut = '{"name": "get_price", "arguments": {"fl'
+    for how, message in _outcomes(_chunks(JsonToolCallParser(), [cut[:9], cut[9:]], reason="length")).items():
+        assert message.tool_calls == [], how
+        assert [c["name"] for c in message.invalid_tool_calls] == ["get_price"], how
+        assert json.loads(message.invalid_tool_calls[0]["args"]) == cut, how
+        assert message.content == "", how
+    answer = '{"answer": "roses are'
+    message = _outcomes(_chunks(JsonToolCallParser(), [answer], reason="length"))["invoke"]
+    assert (message.content, message.tool_calls, message.invalid_tool_calls) == (answer, [], [])
+
+
+@pytest.mark.parametrize(
+    ("parser", "text"),
+    [
+        (JsonToolCallParser(), '{"name":"get_price'),  # what a template without tools gave: plain text before
+        (JsonToolCallParser(), '{ "argu'),
+        (HermesToolCallParser(), "<tool_"),
+        (HermesToolCallParser(), ""),
+    ],
+)
+def test_a_forced_call_cut_off_is_never_content(parser: Any, text: str) -> None:
+    for how, message in _outcomes(_chunks(parser, [text, ""], choice="get_price", reason="length")).items():
+        assert message.content == "", how
+        assert message.tool_calls == [], how
+        assert len(message.invalid_tool_calls) == 1, how
+        assert json.loads(message.invalid_tool_calls[0]["args"]) == text, how
+        assert message.response_metadata["finish_reason"] == "length", how
+
+
+def test_a_valid_call_next_to_an_invalid_one_finishes_with_tool_calls() -> None:
+    text = '<tool_call>{"name": "get_price", "arguments": {"flower": "rose"}}</tool_call><tool_call>{"na'
+    outcomes = _outcomes(_chunks(HermesToolCallParser(), [text], reason="stop", stop_sequence="END"))
+    for how, message in outcomes.items():
+        assert [(c["name"], c["args"]) for c in message.tool_calls] == [("get_price", {"flower": "rose"})], how
+        assert len(message.invalid_tool_calls) == 1, how
+        assert message.response_metadata["finish_reason"] == "tool_calls", how
+    assert "stop sequence 'END'" in outcomes["invoke"].invalid_tool_calls[0]["error"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
-from collections.abc import Callable, Generator, Hashable, Iterator, Mapping
+from collections.abc import Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from langchain_localllm._backends.transformers.batch import BatchPlan, run_batch
@@ -15,6 +16,7 @@ from langchain_localllm._backends.transformers.load import HFBundle, bundle_from
 from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget, template_of
 from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PushBackend
+from langchain_localllm._core.messages import ChatDict
 from langchain_localllm._core.output import Piece
 from langchain_localllm.errors import GenerationError, LocalLLMError
 
@@ -137,9 +139,19 @@ class TransformersBackend(PushBackend[HFBundle, Sampling]):
         with self.hold() as bundle:
             # Its own cancel flag: one consumer going away must not cut the other inputs' answers.
             cancel = threading.Event()
+            conversations = [self._batch_conversation(bundle, prompt, c) for c in plan.conversations]
             return run_batch(
-                bundle, plan.conversations, request.sampling, request.stops, template, cancel=cancel, literal=literal
+                bundle, conversations, request.sampling, request.stops, template, cancel=cancel, literal=literal
             )
+
+    def _batch_conversation(
+        self, bundle: HFBundle, prompt: Prompt, conversation: Sequence[ChatDict] | BaseException
+    ) -> Sequence[ChatDict] | BaseException:
+        """One batched conversation as the model sees it (tool history through the tool prompt, as alone)."""
+        if isinstance(conversation, BaseException) or not isinstance(prompt, ChatPrompt):
+            return conversation
+        rewritten, _ = self._tool_prompt(bundle, dataclasses.replace(prompt, messages=conversation, tools=None))
+        return rewritten.messages if isinstance(rewritten, ChatPrompt) else conversation
 
     def _map_error(self, error: Exception) -> LocalLLMError:
         if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
