@@ -8,6 +8,7 @@ goal is missed, naming it.
     make bench                      # the standard run (~30M-parameter bench model)
     make bench ARGS=--quick         # about 3 minutes on 2 cores (fewer repeats and tokens)
     python -m scripts.bench.run --only 1,2 --gguf ~/models/model.gguf --hf ~/models/model-dir   # from the repo root
+    python -m scripts.bench.run --only 10 --real-gguf ~/models/SmolLM2-135M-Instruct.Q4_1.gguf   # first call
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="also the larger bench model")
     parser.add_argument("--gguf", type=Path, help="use this GGUF file instead of the generated bench model")
     parser.add_argument("--hf", type=Path, help="use this HF model dir instead of the generated bench model")
+    parser.add_argument(
+        "--real-gguf",
+        type=Path,
+        default=os.environ.get("LOCALLLM_REAL_GGUF") or None,
+        help="a real GGUF file for comparison 10, the first call (default: $LOCALLLM_REAL_GGUF; skipped if unset)",
+    )
     parser.add_argument("--only", default="", help="comma-separated comparison numbers, e.g. 1,2,5")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per side (default 7, --quick 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
@@ -130,13 +137,18 @@ def main() -> int:
     from scripts.bench import models
 
     specs = [models.SMALL] + ([models.LARGE] if args.full else [])
-    built = {spec.name: models.build(spec, args.models_dir) for spec in specs if not (args.gguf and args.hf)}
+    per_model = not only or bool(only - {"10"})  # 10 brings its own files
+    built = {
+        spec.name: models.build(spec, args.models_dir) for spec in specs if per_model and not (args.gguf and args.hf)
+    }
     results: list[Comparison] = []
-    for name, (hf_dir, ggufs) in built.items() or {"user": (args.hf, {"q8_0": args.gguf})}.items():
+    user = {"user": (args.hf, {"q8_0": args.gguf})} if per_model else {}
+    for name, (hf_dir, ggufs) in built.items() or user.items():
         gguf = args.gguf or ggufs["q8_0"]
         hf = args.hf or hf_dir
         print(f"== model {name}: gguf={gguf} hf={hf}", flush=True)
         results.extend(run_cases(gguf, hf, repeats, quick=args.quick, only=only, label=name))
+    results.extend(run_first_call_cases(args.real_gguf, args.models_dir, repeats, only=only))
 
     meta = {
         "command": " ".join([Path(sys.executable).name, *invocation(), *sys.argv[1:]]),
@@ -195,6 +207,22 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         start = time.perf_counter()
         comp = fn()
         comp.title += f" [{label}]"
+        comp.notes.append(f"case wall time {time.perf_counter() - start:.1f} s")
+        out.append(comp)
+    return out
+
+
+def run_first_call_cases(real_gguf: Path | None, models_dir: Path, repeats: int, *, only: set[str]) -> list[Comparison]:
+    """Comparisons 10a/10b (the first call on a file, fresh load): once per file, not per bench model."""
+    if only and "10" not in only:
+        return []
+    from scripts.bench import first_call
+
+    out = []
+    for label, fn in first_call.cases(real_gguf, models_dir, repeats):
+        print(f"-- [{label}] comparison 10", flush=True)
+        start = time.perf_counter()
+        comp = fn()
         comp.notes.append(f"case wall time {time.perf_counter() - start:.1f} s")
         out.append(comp)
     return out

@@ -87,14 +87,16 @@ def generate_pieces(
     finish_reason: FinishReason = "length"
     try:
         while n_generated < budget:
-            with step() as model:
+            with step() as model:  # the token tables may ask llama.cpp: only while the model is held
                 token = sequence.advance() if n_generated else sequence.start()
                 entry = _logprob_entry(sequence.logits(), token, top_n) if top_n is not None else None
-            if token in eog:
+                ended = token in eog
+                piece = b"" if ended else pieces[token]
+            if ended:
                 finish_reason = "stop"
                 break
             n_generated += 1
-            text = out.push(pieces[token])
+            text = out.push(piece)
             if entry is not None:
                 yield Piece(text, logprobs=[entry])
             elif text:

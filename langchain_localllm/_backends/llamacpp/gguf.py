@@ -3,9 +3,10 @@
 llama.cpp aborts or fails obscurely on some bad inputs, so every file is checked
 here first: the magic bytes tell GGUF from the legacy GGML family (which llama.cpp
 dropped in August 2023) and from files that are not models at all; the header,
-metadata and tensor table are then parsed with the ``gguf`` package, and every
-tensor's data must lie inside the file (a truncated download fails here, with a
-clear error, instead of inside the native loader).
+metadata and tensor table are then walked by :mod:`.gguf_header` (scalar values are
+decoded, the token arrays only stepped over), and every tensor's data must lie inside
+the file (a truncated download fails here, with a clear error, instead of inside the
+native loader).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from langchain_localllm._backends.llamacpp.gguf_header import (
+    INT32,
+    MAX_ARRAY_ITEMS,
+    GGUFHeader,
+    GGUFHeaderError,
+    read_array,
+    read_header,
+)
 from langchain_localllm.errors import (
     InvalidModelFileError,
     LegacyGGMLFormatError,
@@ -62,6 +71,9 @@ class GGUFInfo:
         n_head: ``<arch>.attention.head_count``.
         n_head_kv: ``<arch>.attention.head_count_kv``.
         n_vocab: The number of tokens in the vocabulary.
+        typed_control_ids: The tokens ``tokenizer.ggml.token_type`` marks CONTROL or UNKNOWN, in
+            id order (empty without that array, or past :data:`MAX_TYPED_CONTROL` of them).
+            llama.cpp retypes a few tokens by their text, so this is a hint, not the answer.
     """
 
     path: Path
@@ -78,6 +90,7 @@ class GGUFInfo:
     n_head: int | None = None
     n_head_kv: int | None = None
     n_vocab: int | None = None
+    typed_control_ids: tuple[int, ...] = ()
 
 
 def sniff_format(path: Path) -> str:
@@ -145,25 +158,16 @@ def read_gguf_info(path: Path) -> GGUFInfo:
             hyperparameters disagree with its tensors (which would crash llama.cpp).
     """
     sniff_format(path)
-    from gguf import GGUFReader  # noqa: PLC0415 - numpy-heavy, only needed here
-
-    size = path.stat().st_size
     try:
-        reader = GGUFReader(path)  # a read-only memory map, released with `reader`
-        values: dict[str, Any] = {}
-        for field in reader.fields.values():
-            if not field.types or field.types[0].name != "ARRAY":  # scalars and strings only
-                values[field.name] = field.contents()
-        # The offset as stored (gguf adds it to the data start in uint64, which wraps): Python ints here.
-        tensors = [
-            (str(t.name), reader.data_offset + int(t.field.parts[-1][0]), int(t.n_bytes), [int(d) for d in t.shape])
-            for t in reader.tensors
-        ]
-        vocab = reader.fields.get("tokenizer.ggml.tokens")
-        n_vocab = len(vocab.data) if vocab is not None else None
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, MemoryError) as e:
+        header = read_header(path)
+    except (GGUFHeaderError, MemoryError) as e:
         msg = f"{path} is not a valid GGUF file (truncated or corrupt: {e}). Download it again."
         raise InvalidModelFileError(msg) from e
+    size = header.size
+    values = header.values
+    tensors = [(t.name, t.offset, t.n_bytes, list(t.shape)) for t in header.tensors]
+    vocab = header.arrays.get("tokenizer.ggml.tokens")
+    n_vocab = vocab.count if vocab is not None else None
     overrun = [name for name, offset, n_bytes, _ in tensors if offset + n_bytes > size]  # Python ints: no wrap
     if overrun:
         msg = (
@@ -191,7 +195,29 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         n_head=hyper.get("attention.head_count"),
         n_head_kv=hyper.get("attention.head_count_kv"),
         n_vocab=n_vocab,
+        typed_control_ids=_typed_control_ids(path, header, n_vocab),
     )
+
+
+_TOKEN_TYPE_UNKNOWN = 2
+_TOKEN_TYPE_CONTROL = 3
+MAX_TYPED_CONTROL = 1 << 16
+"""More CONTROL-typed tokens than this are not listed (the loader then finds them all itself)."""
+
+
+def _typed_control_ids(path: Path, header: GGUFHeader, n_vocab: int | None) -> tuple[int, ...]:
+    """The ids ``tokenizer.ggml.token_type`` marks CONTROL or UNKNOWN: one read, one numpy pass."""
+    types = header.arrays.get("tokenizer.ggml.token_type")
+    if not n_vocab or types is None or types.item_type != INT32 or types.count < n_vocab or n_vocab > MAX_ARRAY_ITEMS:
+        return ()  # llama.cpp refuses a short token_type array; without one every token is NORMAL
+    import numpy as np  # noqa: PLC0415 - llama_cpp imports it anyway
+
+    try:
+        kinds = read_array(path, types, n_vocab)
+    except GGUFHeaderError:
+        return ()
+    ids = np.flatnonzero((kinds == _TOKEN_TYPE_CONTROL) | (kinds == _TOKEN_TYPE_UNKNOWN))
+    return tuple(ids.tolist()) if len(ids) <= MAX_TYPED_CONTROL else ()
 
 
 _COUNTS = (
