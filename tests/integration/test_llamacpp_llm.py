@@ -267,7 +267,11 @@ async def test_async_callbacks(llm: LocalGGMLLLM) -> None:
 
 
 async def test_astream_does_not_block_the_event_loop(gguf_path: Path) -> None:
-    llm = LocalGGMLLLM(model_path=str(gguf_path), temperature=0, max_tokens=None, prompt_format="raw")
+    # A grammar that never ends: 200 tokens for certain (the free answer to "1, 2, 3," is only
+    # 16 tokens, too short to count ticks reliably on a busy machine).
+    llm = LocalGGMLLLM(
+        model_path=str(gguf_path), temperature=0, max_tokens=None, prompt_format="raw", grammar='root ::= "rose " root'
+    )
     ticks = 0
 
     async def ticker() -> None:
