@@ -184,12 +184,16 @@ def gguf_metadata(path: Path, key: str) -> Any:
 
 
 def write_gguf_variant(
-    dst: Path, changes: dict[str, Any], src: Path = TINY_GGUF, add: dict[str, tuple[Any, Any]] | None = None
+    dst: Path,
+    changes: dict[str, Any],
+    src: Path = TINY_GGUF,
+    add: dict[str, tuple[Any, Any]] | None = None,
+    drop: frozenset[str] = frozenset(),
 ) -> Path:
     """Copy the GGUF ``src`` to ``dst`` with some metadata values replaced; returns ``dst``.
 
     Every key of ``changes`` must already be in ``src`` (its value type is kept); ``add``
-    gives new keys as ``(value, gguf.GGUFValueType)``. The
+    gives new keys as ``(value, gguf.GGUFValueType)``; ``drop`` names keys left out. The
     tensors are copied as they are, so the variant answers like the fixture unless the
     changed metadata changes the prompt. Build variants in ``tmp_path``; commit none.
     """
@@ -200,7 +204,7 @@ def write_gguf_variant(
     writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
     for field in reader.fields.values():
         # GGUF.* are the header's virtual fields; GGUFWriter writes them and the architecture itself.
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+        if field.name.startswith("GGUF.") or field.name == "general.architecture" or field.name in drop:
             continue
         kind = field.types[0]
         sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None

@@ -37,24 +37,7 @@ def _load(path: Path) -> LlamaModel:
 
 def _without(dst: Path, key: str) -> Path:
     """The fixture without one metadata key."""
-    reader = gguf.GGUFReader(str(TINY_GGUF))
-    writer = gguf.GGUFWriter(str(dst), "llama")
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in {"general.architecture", key}:
-            continue
-        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
-    for tensor in reader.tensors:
-        writer.add_tensor_info(
-            tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for tensor in reader.tensors:
-        writer.write_tensor_data(tensor.data)
-    writer.close()
-    return dst
+    return write_gguf_variant(dst, {}, drop=frozenset({key}))
 
 
 def assert_tables_match_llama_cpp(model: LlamaModel) -> list[int]:
