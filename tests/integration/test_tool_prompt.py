@@ -3,17 +3,15 @@
 SmolLM2's template is simulated with a ChatML template without any tool handling: it renders
 the same prompt with or without ``tools`` and drops earlier tool calls. The tiny models were
 trained on Qwen 2.5's tool format, which is what the fallback writes, so on them the fallback
-prompt is token for token the native one, and ``tool_choice="auto"`` calls the tool. A real
-published model (SmolLM2) is checked when ``LOCALLLM_REAL_GGUF`` points at its GGUF.
+prompt is token for token the native one, and ``tool_choice="auto"`` calls the tool.
+The real SmolLM2 is checked in ``tests/integration/real/test_real_tools.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,31 +164,3 @@ def test_a_forced_call_cut_off_on_a_template_without_tools_is_invalid(kind: str)
         assert len(msg.invalid_tool_calls) == 1
         assert json.loads(msg.invalid_tool_calls[0]["args"]).startswith("{")
         assert msg.response_metadata["finish_reason"] == "length"
-
-
-# -- a real published model whose template has no tool support ------------------------------
-
-REAL_GGUF = os.environ.get("LOCALLLM_REAL_GGUF")
-
-
-@pytest.mark.skipif(
-    not REAL_GGUF or not Path(REAL_GGUF).is_file(),
-    reason="set LOCALLLM_REAL_GGUF to a GGUF whose template ignores tools (e.g. SmolLM2-135M-Instruct.Q4_1.gguf)",
-)
-def test_smollm2_sees_bound_tools_and_forced_calls_are_valid_or_invalid(caplog: pytest.LogCaptureFixture) -> None:
-    assert REAL_GGUF is not None
-    chat = LocalGGMLChatModel(model_path=REAL_GGUF, temperature=0)
-    question = [HumanMessage("How much is a rose?")]
-    with caplog.at_level(logging.WARNING, logger="langchain_localllm"):
-        assert chat.get_num_tokens_from_messages(question, tools=[PRICE_TOOL]) > chat.get_num_tokens_from_messages(
-            question
-        )
-    assert any("ignores tools" in m for m in warnings_of(caplog))
-    history = [*question, AIMessage("", tool_calls=[CALL]), ToolMessage('{"price": 12}', tool_call_id="call_1")]
-    assert chat.get_num_tokens_from_messages(history) > chat.get_num_tokens_from_messages(question) + 10
-    forced = chat.bind_tools([PRICE_TOOL], tool_choice="any")
-    cut = forced.invoke(question, max_tokens=6)
-    assert (cut.content, cut.tool_calls, len(cut.invalid_tool_calls)) == ("", [], 1)
-    whole = forced.invoke(question, max_tokens=64)
-    assert [c["name"] for c in whole.tool_calls] == ["get_flower_price"]
-    assert whole.response_metadata["finish_reason"] == "tool_calls"
