@@ -33,6 +33,8 @@ from .conftest import POEM_Q, ROSE_Q, SINGLE, TINY_GGUF, bridge_threads, chat_an
 
 SLOTS = 8
 TIMEOUT = 120.0
+ENDLESS = "root ::= [a-z] root"
+"""A grammar that never lets the answer end: with ``max_tokens=None`` it runs to the context window."""
 
 
 def _chat(**kwargs: Any) -> LocalGGMLChatModel:
@@ -232,7 +234,7 @@ def test_breaking_a_stream_frees_its_slot_and_leaves_the_others_unchanged() -> N
         results[i] = str(chat.invoke(others[i]).content)
 
     threads = [threading.Thread(target=answer, args=(i,)) for i in range(len(others))]
-    stream = chat.stream(POEM_Q, max_tokens=None)
+    stream = chat.stream(POEM_Q, max_tokens=None, grammar=ENDLESS)
     next(stream)
     for t in threads:
         t.start()
@@ -243,19 +245,21 @@ def test_breaking_a_stream_frees_its_slot_and_leaves_the_others_unchanged() -> N
     assert [results[i] for i in range(len(others))] == [chat_answer(q) for q in others]
     scheduler = _scheduler(chat)
     assert _wait(scheduler.idle)  # the cancelled request is gone, its slot free
+    assert scheduler.steps < 1000  # it did not run on towards its 2,000-token window
     assert bridge_threads() == []
     assert len(scheduler_threads()) == 1
 
 
 def test_a_garbage_collected_stream_is_cancelled() -> None:
     chat = _chat(max_tokens=None)
-    stream = chat.stream(POEM_Q)
+    stream = chat.stream(POEM_Q, grammar=ENDLESS)
     next(stream)
     scheduler = _scheduler(chat)
     assert not scheduler.idle()
     del stream
     gc.collect()
     assert _wait(scheduler.idle)
+    assert scheduler.steps < 1000
 
 
 def test_cancelling_a_task_frees_its_slot_and_leaves_the_others_unchanged() -> None:
@@ -263,7 +267,7 @@ def test_cancelling_a_task_frees_its_slot_and_leaves_the_others_unchanged() -> N
 
     async def scenario() -> list[str]:
         async def endless() -> None:
-            async for _ in chat.astream(POEM_Q, max_tokens=None):
+            async for _ in chat.astream(POEM_Q, max_tokens=None, grammar=ENDLESS):
                 pass
 
         victim = asyncio.create_task(endless())
@@ -276,7 +280,9 @@ def test_cancelling_a_task_frees_its_slot_and_leaves_the_others_unchanged() -> N
         return [str(m.content) for m in await answers]
 
     assert asyncio.run(scenario()) == [chat_answer(q) for q in _prompts(4)]
-    assert _wait(_scheduler(chat).idle)
+    scheduler = _scheduler(chat)
+    assert _wait(scheduler.idle)
+    assert scheduler.steps < 1000  # the cancelled task's request stopped, far short of its window
     assert bridge_threads() == []
 
 
@@ -344,7 +350,7 @@ def test_a_context_overflow_or_a_bad_grammar_fails_that_request_only() -> None:
 
 def test_a_stream_across_an_unload_fails_clearly_and_the_worker_is_joined() -> None:
     chat = _chat(max_tokens=None)
-    stream = chat.stream(POEM_Q)
+    stream = chat.stream(POEM_Q, grammar=ENDLESS)
     next(stream)
     assert len(scheduler_threads()) == 1
     assert chat.unload()

@@ -299,10 +299,26 @@ class Scheduler:
     def _release(self, job: Job) -> None:
         slot, job.slot = job.slot, None
         if slot is not None:
+            self._trim(slot, job.prefix_cache)
             self._free.append(slot)
         sampler, job.sampler = job.sampler, None
         if sampler is not None:
             sampler.close()
+
+    def _trim(self, slot: SlotCache, mode: PrefixCache) -> None:
+        """Keep only the cells a later prompt could reuse (``"exact"``: whole aligned prefill chunks).
+
+        Cells nobody can reuse would only hold memory (and, in a unified KV cache, widen the
+        span every step's attention covers).
+        """
+        keep = len(slot.tokens) if mode == "longest" else slot.exact - slot.exact % self._align
+        if keep >= len(slot.tokens) or self._ctx.ctx is None:
+            return
+        if keep == 0 or not self._ctx.keep(slot.seq, keep):
+            self._ctx.drop(slot.seq)
+            keep = 0
+        del slot.tokens[keep:]
+        slot.exact = min(slot.exact, keep)
 
     def _finish(self, job: Job, reason: FinishReason, *, emit: bool = True) -> None:
         if job.done:

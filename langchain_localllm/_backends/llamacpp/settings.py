@@ -172,9 +172,9 @@ class LlamaCppLoadFields(FieldGroup):
     """How many generations on this model share decode steps (continuous batching). 1: one
     generation at a time, each stepping the model's own context. More: one scheduler thread
     per loaded model runs every call (``invoke``, ``stream``, ``batch``, async, any thread)
-    in one of ``max_parallel`` slots of a second context whose unified KV cache holds
-    ``n_ctx * max_parallel`` tokens (each call still gets an ``n_ctx`` window), so the KV
-    memory is ``max_parallel`` times that of one context. See docs/llamacpp.md. Default: 1."""
+    in one of ``max_parallel`` slots of a second context holding ``n_ctx`` KV cells per slot
+    (each call still gets an ``n_ctx`` window), so the KV memory is ``max_parallel`` times
+    that of one context. See docs/llamacpp.md. Default: 1."""
 
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further keyword arguments for ``llama_cpp.Llama`` (part of the cache key). Default: {}."""
