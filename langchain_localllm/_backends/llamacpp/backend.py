@@ -252,6 +252,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
                 prefix_cache=sampling.prefix_cache,
                 logprobs=sampling.logprobs,
                 abandoned=abandoned,
+                owner=model,
             )
             try:
                 model.scheduler.submit(job)

@@ -98,14 +98,26 @@ class LlamaModel:
 
     def close(self) -> None:
         """Free the native model and context (the token tables stop asking it)."""
-        if self.scheduler is not None:
-            self.scheduler.stop()  # joined: no native call of it is in flight after this
-        if self.batch is not None:
-            self.batch.close()
+        self._free_batch()
         for table in (self.pieces, self.eog_ids):
             if isinstance(table, (TokenPieces, EndOfGeneration)):
                 table.detach()
         self.llama.close()
+
+    def _free_batch(self) -> None:
+        """Stop the scheduler (joined: no native call of it is in flight after this) and free its context."""
+        if self.scheduler is not None:
+            self.scheduler.stop(free=True)
+        elif self.batch is not None:
+            self.batch.close()
+
+    def __del__(self) -> None:
+        """An evicted model nobody unloaded: free the scheduler's context before the weights go.
+
+        (Jobs keep the model alive, so this runs only when no request is queued or running.)
+        """
+        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp may be gone already
+            self._free_batch()
 
 
 SPARE_N_CTX = 256

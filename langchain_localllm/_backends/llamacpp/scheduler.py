@@ -90,6 +90,8 @@ class Job:
     logprobs: int | None = None
     abandoned: Callable[[], bool] | None = None
     """True once nobody can read the output any more (e.g. the consuming task is done)."""
+    owner: Any = None
+    """The loaded model, kept alive while the job exists (its token tables ask it)."""
     cancel: threading.Event = field(default_factory=threading.Event)
     # -- the worker's state ----------------------------------------------------------------
     slot: SlotCache | None = None
@@ -141,6 +143,8 @@ class Scheduler:
         self._free = list(self._slots)
         self._thread: threading.Thread | None = None
         self._closed: str | None = None
+        self._free_on_exit = False
+        self._out: list[tuple[Sink, object]] = []
         self._clock = 0
         self.steps = 0
         """Forward passes run (for tests and metrics)."""
@@ -162,20 +166,30 @@ class Scheduler:
                 self._thread.start()
             self._cond.notify()
 
-    def stop(self, why: str = "unloaded") -> None:
-        """Stop the worker (joined) and fail the jobs it still had; further submits fail."""
+    def stop(self, why: str = "unloaded", *, free: bool = False) -> None:
+        """Stop the worker (joined) and fail the jobs it still had; further submits fail.
+
+        With ``free``, the native context is freed too: here, or, when called on the worker
+        itself (a garbage collection there), by the worker once its step is over.
+        """
         with self._cond:
             if self._closed is None:
                 self._closed = why
             thread = self._thread
+            self._free_on_exit = self._free_on_exit or free
             self._cond.notify()
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is threading.current_thread():
+            return  # the worker ends after this step and frees what it was asked to
+        if thread is not None:
             thread.join()
         with self._cond:
             jobs = self._incoming + list(self._waiting) + self._running
             self._incoming, self._running = [], []
             self._waiting.clear()
         self._fail(jobs, self._stopped_error())
+        self._flush()
+        if self._free_on_exit:
+            self._ctx.close()
 
     def idle(self) -> bool:
         """Whether no job is queued or running."""
@@ -198,6 +212,7 @@ class Scheduler:
                 self._guarded_step()
         except BaseException as e:
             self._reset(GenerationError(f"the llama.cpp scheduler stopped: {type(e).__name__}: {e}"))
+            self._flush()
             raise
         finally:
             leftover: list[Job] = []
@@ -208,6 +223,9 @@ class Scheduler:
                     self._incoming, self._running = [], []
                     self._waiting.clear()
             self._fail(leftover, self._stopped_error())
+            self._flush()
+            if self._free_on_exit and self._closed is not None:
+                self._ctx.close()
 
     def _stopped_error(self) -> GenerationError:
         if self._closed is not None:
@@ -234,6 +252,22 @@ class Scheduler:
         except Exception as e:  # one step failed: its jobs fail, the worker goes on
             logger.exception("the llama.cpp scheduler step failed")
             self._reset(GenerationError(f"llama.cpp failed while generating: {type(e).__name__}: {e}"))
+        finally:
+            self._flush()
+
+    def _emit(self, job: Job, item: object) -> None:
+        """Queue ``item`` for ``job``'s consumer; :meth:`_flush` hands the step's items over at once.
+
+        Handing them over after the step's last native call, not between its sampling calls,
+        keeps the consumers (each waking to take its piece) from contending with the worker for
+        the GIL at every one of those calls; they run while the next ``llama_decode`` runs.
+        """
+        self._out.append((job.sink, item))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        for sink, item in out:
+            sink(item)
 
     def _step(self) -> None:
         self._reap()
@@ -329,7 +363,7 @@ class Scheduler:
             out = job.out
             assert out is not None  # noqa: S101 - set by submit
             info = FinishInfo(reason, len(job.prompt), job.n_generated, out.stops.matched)
-            job.sink(Piece(out.finish(), finish=info))
+            self._emit(job, Piece(out.finish(), finish=info))
 
     def _fail(self, jobs: Sequence[Job], error: LocalLLMError) -> None:
         for job in jobs:
@@ -342,7 +376,7 @@ class Scheduler:
                 slot.tokens.clear()
                 slot.exact = 0
             self._release(job)
-            job.sink(error)
+            self._emit(job, error)
 
     def _reset(self, error: LocalLLMError) -> None:
         with self._cond:
@@ -427,9 +461,9 @@ class Scheduler:
         assert out is not None  # noqa: S101
         text = out.push(piece)
         if entry is not None:
-            job.sink(Piece(text, logprobs=[entry]))
+            self._emit(job, Piece(text, logprobs=[entry]))
         elif text:
-            job.sink(Piece(text))
+            self._emit(job, Piece(text))
         if out.stops.stopped:
             self._finish(job, "stop")
         elif job.n_generated >= job.budget:
