@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from contextlib import aclosing, closing
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.prompt_values import PromptValue
 from pydantic import ConfigDict, field_validator
 
+from langchain_localllm._backends.llamacpp.backend import LlamaCppBackend
 from langchain_localllm._backends.llamacpp.model import LlamaCppModel
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, TextPrompt
 from langchain_localllm._core.messages import refuse_bytes
@@ -152,6 +154,9 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
+        backend = self._backend()
+        if len(prompts) > 1 and isinstance(backend, LlamaCppBackend) and backend.scheduled:
+            return self._generate_together(backend, prompts, stop, run_manager, kwargs)
         generations = []
         for prompt in prompts:
             acc = ChunkAggregate()
@@ -160,6 +165,28 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
             generations.append([acc.generation()])
         return self._result(generations)
 
+    def _generate_together(
+        self,
+        backend: LlamaCppBackend,
+        prompts: list[str],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> LLMResult:
+        """Every prompt submitted to the model's scheduler at once (``max_parallel > 1``).
+
+        The callback sees each chunk as it is generated, so chunks of different prompts interleave.
+        """
+        requests = [self._request(prompt, stop, kwargs) for prompt in prompts]
+        accs = [ChunkAggregate() for _ in prompts]
+        with closing(backend.stream_all(requests)) as pairs:
+            for i, piece in pairs:
+                chunk = llm_chunk(piece)
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                accs[i].add(chunk)
+        return self._result([[acc.generation()] for acc in accs])
+
     async def _agenerate(
         self,
         prompts: list[str],
@@ -167,13 +194,17 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        generations = []
-        for prompt in prompts:
+        async def collect(prompt: str) -> Generation:
             acc = ChunkAggregate()
             async for chunk in self._astream(prompt, stop, run_manager, **kwargs):
                 acc.add(chunk)
-            generations.append([acc.generation()])
-        return self._result(generations)
+            return acc.generation()
+
+        backend = self._backend()
+        if len(prompts) > 1 and isinstance(backend, LlamaCppBackend) and backend.scheduled:
+            # All at once: the scheduler batches them (a failure cancels the others).
+            return self._result([[g] for g in await _gather([collect(p) for p in prompts])])
+        return self._result([[await collect(prompt)] for prompt in prompts])
 
     def _call(
         self,
@@ -203,3 +234,14 @@ class LocalGGMLLLM(LlamaCppModel, LLM):  # type: ignore[misc] # pydantic plugin:
         model_name = self._model_label({})
         output = {"token_usage": usage, "model_name": model_name, "model_provider": self._provider}
         return LLMResult(generations=generations, llm_output=output)
+
+
+async def _gather(coroutines: list[Coroutine[Any, Any, Generation]]) -> list[Generation]:
+    """Run ``coroutines`` together; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

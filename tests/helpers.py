@@ -9,6 +9,7 @@ import asyncio
 import threading
 from pathlib import Path
 
+from langchain_localllm._backends.llamacpp.scheduler import THREAD_NAME as SCHEDULER_THREAD
 from langchain_localllm._backends.transformers.device import THREAD_NAME as CUDA_WORKER_THREAD
 
 __all__ = [
@@ -16,11 +17,13 @@ __all__ = [
     "CORPUS",
     "CUDA_WORKER_THREAD",
     "MODELS",
+    "SCHEDULER_THREAD",
     "TINY_GGUF",
     "TINY_HF",
     "TINY_T5",
     "bridge_threads",
     "no_bridge_threads_soon",
+    "scheduler_threads",
 ]
 
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
@@ -36,12 +39,21 @@ def bridge_threads() -> list[threading.Thread]:
 
     The process-wide CUDA worker (``CUDA_WORKER_THREAD``) is not one: it is started on
     first use and lives for the rest of the process, so after a GPU test it is always there.
+    Nor is a llama.cpp scheduler (``SCHEDULER_THREAD``): one per loaded model with
+    ``max_parallel > 1``, joined when the model is unloaded (see :func:`scheduler_threads`).
     """
     return [
         t
         for t in threading.enumerate()
-        if t.name.startswith("langchain-localllm") and not t.name.startswith(CUDA_WORKER_THREAD)
+        if t.name.startswith("langchain-localllm")
+        and not t.name.startswith(CUDA_WORKER_THREAD)
+        and not t.name.startswith(SCHEDULER_THREAD)
     ]
+
+
+def scheduler_threads() -> list[threading.Thread]:
+    """The llama.cpp scheduler threads alive (at most one per loaded model with ``max_parallel > 1``)."""
+    return [t for t in threading.enumerate() if t.name.startswith(SCHEDULER_THREAD)]
 
 
 async def no_bridge_threads_soon(seconds: float = 2.0) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.language_models import ModelProfile
+from langchain_core.language_models import LanguageModelInput, ModelProfile
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict
 
 from langchain_localllm._backends.llamacpp.model import LlamaCppModel
@@ -13,6 +15,9 @@ from langchain_localllm.chat_models._base import LocalChatModel
 from langchain_localllm.chat_models._profile import local_profile
 
 __all__ = ["LocalGGMLChatModel"]
+
+MAX_BATCH_THREADS = 128
+"""With ``max_parallel > 1``, ``batch()`` runs at most this many inputs at once by default."""
 
 
 class LocalGGMLChatModel(LlamaCppModel, LocalChatModel):  # type: ignore[misc] # pydantic plugin: model_construct
@@ -56,6 +61,29 @@ class LocalGGMLChatModel(LlamaCppModel, LocalChatModel):  # type: ignore[misc] #
             "max_tokens": self.max_tokens,
             "stop": self.stop,
         }
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Answer ``inputs`` concurrently; with ``max_parallel > 1`` all are submitted to the scheduler at once.
+
+        LangChain's ``batch`` runs one call per input in a thread pool of ``max_concurrency``
+        threads (by default a few per core); with the scheduler, every input gets a thread
+        (up to :data:`MAX_BATCH_THREADS`) unless ``max_concurrency`` is given, so the slots fill.
+        """
+        if (
+            self.max_parallel > 1
+            and len(inputs) > 1
+            and not isinstance(config, list)
+            and (config is None or config.get("max_concurrency") is None)
+        ):
+            config = RunnableConfig(**{**(config or {}), "max_concurrency": min(len(inputs), MAX_BATCH_THREADS)})
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         """The profile (see ``_profile.py``); ``max_input_tokens`` is ``n_ctx`` when set (else known after load)."""

@@ -177,7 +177,7 @@ def main() -> int:
 
 
 def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str], label: str) -> list[Comparison]:
-    from scripts.bench import gguf_cases
+    from scripts.bench import batching, gguf_cases
 
     n_new = 128 if quick else 256
     cases: list[tuple[str, Callable[[], Comparison]]] = [
@@ -187,6 +187,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         ("4", lambda: gguf_cases.case_multiturn(gguf, repeats)),
         ("7", lambda: gguf_cases.case_callbacks_async(gguf, repeats, n_new)),
         ("9", lambda: gguf_cases.case_grammar_cost(gguf, repeats, n_new)),
+        ("11", lambda: batching.case_batching(gguf, repeats, quick=quick)),
     ]
     try:
         from scripts.bench import gpu, hf_cases

@@ -25,6 +25,7 @@ from tests.helpers import (
     TINY_T5,
     bridge_threads,
     no_bridge_threads_soon,
+    scheduler_threads,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "gguf_metadata",
     "no_bridge_threads_soon",
     "raw_greedy",
+    "scheduler_threads",
     "write_gguf_variant",
 ]
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
+import queue
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from langchain_localllm._backends.llamacpp.generate import generate_pieces
+from langchain_localllm._backends.llamacpp.generate import check_grammar, check_prompt, generate_pieces
 from langchain_localllm._backends.llamacpp.gguf import check_model_file, file_identity
 from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
 from langchain_localllm._backends.llamacpp.load import (
     LlamaModel,
+    llama_cpp_module,
     load_llama,
     native_logger,
     tokenize,
     tokenize_prompt,
     with_bos,
 )
+from langchain_localllm._backends.llamacpp.scheduler import Job, Scheduler
+from langchain_localllm._backends.llamacpp.sequence import make_sampler
 from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling, gguf_model_name
 from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
 from langchain_localllm._core.hub import forbid_hub_network, offline
@@ -173,20 +180,165 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
         gbnf = self._grammars.gbnf(schema)
         return wrap_call_grammar(gbnf, wrap) if wrap is not None else gbnf
 
-    def _pieces(self, request: GenerateRequest[Sampling], cancel: threading.Event | None) -> Iterator[Piece]:
+    def _constraint(self, model: LlamaModel, request: GenerateRequest[Sampling]) -> tuple[list[int], str | None]:
+        """The prompt ids and the GBNF grammar of ``request`` (model held)."""
         sampling = request.sampling
+        ids, grammar = self._prepare(model, request)
+        if grammar is None:
+            if request.json_schema is None and sampling.json_schema is not None:
+                grammar = self._compile(sampling.json_schema, None)
+            else:
+                grammar = sampling.grammar
+        elif sampling.grammar is not None and not (request.tools and request.tools.grammar):
+            msg = "give grammar or json_schema, not both"
+            raise InvalidParameterError(msg)
+        return ids, grammar
+
+    def _pieces(self, request: GenerateRequest[Sampling], cancel: threading.Event | None) -> Iterator[Piece]:
         step = self.stepper()  # the model's lock is held per step, never across a yield
         with step() as model:
-            ids, grammar = self._prepare(model, request)
-            if grammar is None:
-                if request.json_schema is None and sampling.json_schema is not None:
-                    grammar = self._compile(sampling.json_schema, None)
-                else:
-                    grammar = sampling.grammar
-            elif sampling.grammar is not None and not (request.tools and request.tools.grammar):
-                msg = "give grammar or json_schema, not both"
-                raise InvalidParameterError(msg)
-        yield from generate_pieces(step, ids, sampling, grammar_text=grammar, stops=request.stops, cancel=cancel)
+            ids, grammar = self._constraint(model, request)
+        yield from generate_pieces(
+            step, ids, request.sampling, grammar_text=grammar, stops=request.stops, cancel=cancel
+        )
+
+    # -- continuous batching (max_parallel > 1) -------------------------------------------------
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether calls go through the model's scheduler (``max_parallel > 1``)."""
+        return self.settings.max_parallel > 1
+
+    def stream(self, request: GenerateRequest[Sampling]) -> Generator[Piece, None, None]:
+        """Generate, blocking the caller between pieces (through the scheduler with ``max_parallel > 1``)."""
+        if not self.scheduled:
+            return super().stream(request)
+        return self._mapped(self._scheduled_pieces(request))
+
+    def astream(self, request: GenerateRequest[Sampling]) -> AsyncGenerator[Piece, None]:
+        """Generate without blocking the event loop (the scheduler's pieces are awaited, no thread per call)."""
+        if not self.scheduled:
+            return super().astream(request)
+        return self._scheduled_apieces(request)
+
+    def stream_all(self, requests: Sequence[GenerateRequest[Sampling]]) -> Generator[tuple[int, Piece], None, None]:
+        """Submit every request to the scheduler at once; yield ``(index, piece)`` as they come.
+
+        The first error ends the stream (the other requests are cancelled). Needs ``max_parallel > 1``.
+        """
+        return self._mapped_pairs(self._scheduled_all(requests))
+
+    def _submit(
+        self, request: GenerateRequest[Sampling], sink: Callable[[object], None], abandoned: Callable[[], bool] | None
+    ) -> Job:
+        """Prepare ``request`` under the model's lock and hand it to the model's scheduler."""
+        sampling = request.sampling
+        step = self.stepper()
+        with step() as model:
+            ids, grammar_text = self._constraint(model, request)
+            room = check_prompt(model, len(ids))
+            llama_cpp = llama_cpp_module()
+            grammar = check_grammar(llama_cpp, model, grammar_text) if grammar_text else None
+            if model.scheduler is None:
+                model.scheduler = Scheduler(model.batch, align=model.reuse_align, name=repr(self.model_name()))
+            job = Job(
+                prompt=list(ids),
+                sampler=make_sampler(model, sampling, grammar),
+                budget=room if sampling.max_tokens is None else min(sampling.max_tokens, room),
+                stops=request.stops,
+                sink=sink,
+                pieces=model.pieces,
+                eog=model.eog_ids,
+                prefix_cache=sampling.prefix_cache,
+                logprobs=sampling.logprobs,
+                abandoned=abandoned,
+                owner=model,
+            )
+            try:
+                model.scheduler.submit(job)
+            except BaseException:
+                job.sampler.close()
+                raise
+        return job
+
+    def _scheduled_pieces(self, request: GenerateRequest[Sampling]) -> Iterator[Piece]:
+        items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        job = self._submit(request, items.put, None)
+        try:
+            while True:
+                item = items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Piece)  # noqa: S101 - the scheduler sends pieces or errors
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            job.cancel.set()  # a closed or collected stream frees its slot at the next step
+
+    def _scheduled_all(self, requests: Sequence[GenerateRequest[Sampling]]) -> Iterator[tuple[int, Piece]]:
+        items: queue.SimpleQueue[tuple[int, object]] = queue.SimpleQueue()
+        jobs: list[Job] = []
+        try:
+            for i, request in enumerate(requests):
+                jobs.append(self._submit(request, functools.partial(_tagged, items.put, i), None))
+            left = len(jobs)
+            while left:
+                i, item = items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Piece)  # noqa: S101
+                yield i, item
+                if item.finish is not None:
+                    left -= 1
+        finally:
+            for job in jobs:
+                job.cancel.set()
+
+    def _mapped_pairs(self, pairs: Iterator[tuple[int, Piece]]) -> Generator[tuple[int, Piece], None, None]:
+        try:
+            yield from pairs
+        except LocalLLMError:
+            raise
+        except Exception as e:  # mapped at the boundary, the cause chained
+            raise self._map_error(e) from e
+
+    async def _scheduled_apieces(self, request: GenerateRequest[Sampling]) -> AsyncGenerator[Piece, None]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[object] = asyncio.Queue()
+        consumer: list[asyncio.Task[Any] | None] = [asyncio.current_task()]
+
+        def put(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the job is abandoned below
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def abandoned() -> bool:
+            task = consumer[0]
+            return loop.is_closed() or (task is not None and task.done())
+
+        try:
+            # Rendering and, on first use, loading run off the event loop (one hop per call, not per token).
+            job = await loop.run_in_executor(None, self._submit, request, put, abandoned)
+        except LocalLLMError:
+            raise
+        except Exception as e:  # mapped at the boundary, the cause chained
+            raise self._map_error(e) from e
+        try:
+            while True:
+                consumer[0] = asyncio.current_task()
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Piece)  # noqa: S101
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            job.cancel.set()
 
     def _map_error(self, error: Exception) -> LocalLLMError:
         return GenerationError(f"llama.cpp failed while generating: {type(error).__name__}: {error}")
+
+
+def _tagged(put: Callable[[tuple[int, object]], None], index: int, item: object) -> None:
+    put((index, item))

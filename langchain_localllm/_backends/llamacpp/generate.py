@@ -23,10 +23,10 @@ from langchain_localllm._core.output import FinishInfo, FinishReason, Piece
 from langchain_localllm._core.stop import ByteStream
 from langchain_localllm.errors import ConstraintError, ContextWindowExceededError, InvalidParameterError
 
-__all__ = ["generate_pieces"]
+__all__ = ["check_grammar", "check_prompt", "generate_pieces", "logprob_entry"]
 
 
-def _check_grammar(llama_cpp: ModuleType, model: LlamaModel, grammar: str) -> Any:
+def check_grammar(llama_cpp: ModuleType, model: LlamaModel, grammar: str) -> Any:
     """Compile ``grammar`` once per model; a bad grammar raises instead of crashing."""
     if grammar not in model.checked_grammars:
         vocab = llama_cpp.llama_model_get_vocab(model.llama._model.model)  # noqa: SLF001
@@ -37,6 +37,21 @@ def _check_grammar(llama_cpp: ModuleType, model: LlamaModel, grammar: str) -> An
         llama_cpp.llama_sampler_free(sampler)
         model.checked_grammars.add(grammar)
     return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+
+
+def check_prompt(model: LlamaModel, n_prompt: int) -> int:
+    """The most tokens a prompt of ``n_prompt`` tokens leaves room for; raises if none or if it is empty."""
+    if n_prompt >= model.n_ctx:
+        msg = (
+            f"the prompt is {n_prompt} tokens but the context window is {model.n_ctx} tokens "
+            "(at least one token must be left to generate). Shorten the prompt or load "
+            "the model with a larger n_ctx."
+        )
+        raise ContextWindowExceededError(msg, prompt_tokens=n_prompt, context_window=model.n_ctx)
+    if n_prompt == 0:
+        msg = "the prompt is empty after tokenization; give a non-empty prompt"
+        raise InvalidParameterError(msg)
+    return model.n_ctx - n_prompt
 
 
 def generate_pieces(
@@ -59,18 +74,9 @@ def generate_pieces(
     """
     n_prompt = len(prompt_tokens)
     with step() as model:
-        if n_prompt >= model.n_ctx:
-            msg = (
-                f"the prompt is {n_prompt} tokens but the context window is {model.n_ctx} tokens "
-                "(at least one token must be left to generate). Shorten the prompt or load "
-                "the model with a larger n_ctx."
-            )
-            raise ContextWindowExceededError(msg, prompt_tokens=n_prompt, context_window=model.n_ctx)
-        if n_prompt == 0:
-            msg = "the prompt is empty after tokenization; give a non-empty prompt"
-            raise InvalidParameterError(msg)
+        check_prompt(model, n_prompt)
         llama_cpp = llama_cpp_module()
-        grammar = _check_grammar(llama_cpp, model, grammar_text) if grammar_text else None
+        grammar = check_grammar(llama_cpp, model, grammar_text) if grammar_text else None
         sequence = Generation(
             model,
             list(prompt_tokens),
@@ -89,7 +95,7 @@ def generate_pieces(
         while n_generated < budget:
             with step() as model:  # the token tables may ask llama.cpp: only while the model is held
                 token = sequence.advance() if n_generated else sequence.start()
-                entry = _logprob_entry(sequence.logits(), token, top_n) if top_n is not None else None
+                entry = logprob_entry(sequence.logits(), token, top_n) if top_n is not None else None
                 ended = token in eog
                 piece = b"" if ended else pieces[token]
             if ended:
@@ -113,7 +119,7 @@ def generate_pieces(
     yield Piece(out.finish(), finish=finish)
 
 
-def _logprob_entry(row: Any, token: int, top_n: int) -> dict[str, Any]:
+def logprob_entry(row: Any, token: int, top_n: int) -> dict[str, Any]:
     """Log-probability of the sampled token and the ``top_n`` best alternatives (``row``: its logits)."""
     import numpy as np  # noqa: PLC0415 - a llama_cpp dependency, needed only here
 

@@ -91,14 +91,37 @@ class LlamaModel:
     """Prefill chunk boundary in tokens (see ``sequence.py``): 64 on CPU, ``n_ubatch`` when offloaded."""
     kv: KVState = field(default_factory=KVState)
     """What the context's KV cache holds now (used under the model's lock)."""
+    batch: Any = None
+    """With ``max_parallel > 1``: the multi-sequence context (``batchctx.BatchContext``) that generates."""
+    scheduler: Any = None
+    """With ``max_parallel > 1``: its ``scheduler.Scheduler``, made on first use under the model's lock."""
 
     def close(self) -> None:
         """Free the native model and context (the token tables stop asking it)."""
+        self._free_batch()
         for table in (self.pieces, self.eog_ids):
             if isinstance(table, (TokenPieces, EndOfGeneration)):
                 table.detach()
         self.llama.close()
 
+    def _free_batch(self) -> None:
+        """Stop the scheduler (joined: no native call of it is in flight after this) and free its context."""
+        if self.scheduler is not None:
+            self.scheduler.stop(free=True)
+        elif self.batch is not None:
+            self.batch.close()
+
+    def __del__(self) -> None:
+        """An evicted model nobody unloaded: free the scheduler's context before the weights go.
+
+        (Jobs keep the model alive, so this runs only when no request is queued or running.)
+        """
+        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp may be gone already
+            self._free_batch()
+
+
+SPARE_N_CTX = 256
+"""The ``Llama``'s own context with ``max_parallel > 1`` (it only tokenizes then): llama.cpp's smallest padding."""
 
 CPU_REUSE_ALIGN = 64
 """Prefill chunk size on CPU. Measured against llama.cpp's 512 on a 1,500-token prompt: 0.97x
@@ -125,10 +148,16 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
     n_ctx = settings.n_ctx
     if n_ctx is None:
         n_ctx = min(info.context_length or DEFAULT_N_CTX_CAP, DEFAULT_N_CTX_CAP)
+    slots = settings.max_parallel
+    if slots > settings.n_batch:
+        msg = f"max_parallel={slots} is more than n_batch={settings.n_batch}: one step must fit every slot's token"
+        raise InvalidParameterError(msg)
     if settings.n_gpu_layers == 0:
-        _check_memory(info, n_ctx, settings)
+        _check_memory(info, n_ctx * slots, settings)
     check_llama_parameters(settings.model_kwargs, llama_cpp.Llama)
-    kwargs = settings.llama_kwargs(n_ctx)
+    # With max_parallel > 1 the scheduler's own context generates; the Llama's is only a
+    # tokenizer's companion, so it is made as small as llama.cpp allows.
+    kwargs = settings.llama_kwargs(n_ctx if slots == 1 else min(n_ctx, SPARE_N_CTX))
     captured = io.StringIO()
     try:
         # verbose=True keeps llama-cpp-python from redirecting the process's file
@@ -151,10 +180,22 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
     )
     bos = llama_cpp.llama_vocab_bos(vocab)
     eos = llama_cpp.llama_vocab_eos(vocab)
+    batch = None
+    if slots > 1:
+        from langchain_localllm._backends.llamacpp.batchctx import BatchContext  # noqa: PLC0415 - imports this module
+
+        try:
+            batch = BatchContext(
+                llama, n_ctx=n_ctx, slots=slots, n_batch=settings.n_batch, n_ubatch=settings.n_ubatch or 512
+            )
+        except BaseException:
+            llama.close()
+            raise
     return LlamaModel(
         llama=llama,
         info=info,
-        n_ctx=usable_context(llama),
+        n_ctx=usable_context(llama) if batch is None else batch.n_ctx,
+        batch=batch,
         pieces=TokenPieces(llama_cpp, vocab, n_vocab),
         eog_ids=EndOfGeneration(llama_cpp, vocab, n_vocab),
         bos_id=bos if bos >= 0 else None,

@@ -32,9 +32,11 @@ __all__ = [
 INT32_MAX = 2**31 - 1
 """llama.cpp keeps counts and sizes in 32-bit integers: larger values would wrap."""
 UINT32_MAX = 2**32 - 1
+MAX_PARALLEL = 256
+"""llama.cpp's ``LLAMA_MAX_SEQ``: the most sequences one context holds."""
 """``LLAMA_DEFAULT_SEED`` (random); seeds are below it."""
 
-NOT_LLAMA_KWARGS = {"n_ctx", "model_kwargs", "use_extra_bufts"}
+NOT_LLAMA_KWARGS = {"n_ctx", "model_kwargs", "use_extra_bufts", "max_parallel"}
 """Load settings passed to llama.cpp another way (``n_ctx`` resolved, the model parameters)."""
 
 SOURCE_FIELDS: set[str] = {"model_path", "repo_id", "filename", "revision", "cache_dir", "local_files_only"}
@@ -165,6 +167,14 @@ class LlamaCppLoadFields(FieldGroup):
     """Let llama.cpp repack weights into its extra CPU buffer types (AMX, repacked quants).
     Default: None = on, except on CPUs with AMX-INT8, where llama.cpp's AMX kernels crash the
     process on quantized models (SIGSEGV in llama_decode; ggml-org/llama.cpp#20824)."""
+
+    max_parallel: int = Field(default=1, ge=1, le=MAX_PARALLEL)
+    """How many generations on this model share decode steps (continuous batching). 1: one
+    generation at a time, each stepping the model's own context. More: one scheduler thread
+    per loaded model runs every call (``invoke``, ``stream``, ``batch``, async, any thread)
+    in one of ``max_parallel`` slots of a second context holding ``n_ctx`` KV cells per slot
+    (each call still gets an ``n_ctx`` window), so the KV memory is ``max_parallel`` times
+    that of one context. See docs/llamacpp.md. Default: 1."""
 
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further keyword arguments for ``llama_cpp.Llama`` (part of the cache key). Default: {}."""
