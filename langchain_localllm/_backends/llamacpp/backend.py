@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from langchain_localllm._backends.llamacpp.embed import embed_batches
 from langchain_localllm._backends.llamacpp.generate import generate_pieces
 from langchain_localllm._backends.llamacpp.gguf import check_model_file, file_identity
 from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
@@ -20,7 +22,7 @@ from langchain_localllm._backends.llamacpp.load import (
     with_bos,
 )
 from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling, gguf_model_name
-from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
+from langchain_localllm._core.backend import ChatPrompt, EmbedRequest, GenerateRequest, Prompt, PullBackend
 from langchain_localllm._core.hub import forbid_hub_network, offline
 from langchain_localllm._core.literal import prompt_ids
 from langchain_localllm._core.messages import ChatDict, fold_system
@@ -188,5 +190,11 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
                 raise InvalidParameterError(msg)
         yield from generate_pieces(step, ids, sampling, grammar_text=grammar, stops=request.stops, cancel=cancel)
 
-    def _map_error(self, error: Exception) -> LocalLLMError:
-        return GenerationError(f"llama.cpp failed while generating: {type(error).__name__}: {error}")
+    def _embed_batches(
+        self, step: Callable[[], AbstractContextManager[LlamaModel]], request: EmbedRequest
+    ) -> Iterator[tuple[Sequence[int], list[list[float]]]]:
+        """Many texts per ``llama_decode`` on an embedding context over the same weights (``embed.py``)."""
+        return embed_batches(step, request, self.settings.n_batch)
+
+    def _map_error(self, error: Exception, doing: str = "generating") -> LocalLLMError:
+        return GenerationError(f"llama.cpp failed while {doing}: {type(error).__name__}: {error}")

@@ -91,12 +91,18 @@ class LlamaModel:
     """Prefill chunk boundary in tokens (see ``sequence.py``): 64 on CPU, ``n_ubatch`` when offloaded."""
     kv: KVState = field(default_factory=KVState)
     """What the context's KV cache holds now (used under the model's lock)."""
+    embedders: dict[Any, Any] = field(default_factory=dict)
+    """Embedding contexts over the same weights, made on first use (see ``embed.py``)."""
+    embed_warned: bool = False
 
     def close(self) -> None:
-        """Free the native model and context (the token tables stop asking it)."""
+        """Free the native model and contexts (the token tables stop asking it)."""
         for table in (self.pieces, self.eog_ids):
             if isinstance(table, (TokenPieces, EndOfGeneration)):
                 table.detach()
+        for embedder in self.embedders.values():
+            embedder.close()
+        self.embedders.clear()
         self.llama.close()
 
 

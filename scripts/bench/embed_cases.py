@@ -1,0 +1,108 @@
+"""Embedding comparisons (11a GGUF, 11b HF): ``embed_documents`` of 256 mixed-length texts.
+
+Each side embeds the same 256 texts: ours batched (the defaults), ours one text per forward
+(``batch_size=1``, the same code path otherwise), and the peer package on the same model
+(langchain-community's ``LlamaCppEmbeddings`` on the same GGUF; langchain-huggingface's
+``HuggingFaceEmbeddings``, i.e. sentence-transformers, on the same HF directory). Every side
+keeps its model loaded across repeats, so only embedding is timed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from langchain_localllm import HFLocalEmbeddings, LocalGGMLEmbeddings
+from scripts.bench.harness import Comparison, Goal, interleave, timed
+
+N_TEXTS = 256
+WORDS = [
+    *("rose", "tulip", "lily", "daisy", "orchid", "peony", "iris", "violet", "garden", "vase", "bouquet"),
+    *("stem", "petal", "water", "sun", "shop", "order", "delivery", "fresh", "wilted", "red", "white"),
+    *("pink", "customer", "price", "week", "spring", "ribbon"),
+]
+PHRASES = ["玫瑰是什么类型的花？", "满天星和绿叶", "Keep the stems in cold water.", "Delivered on Monday."]
+
+
+def mixed_texts(n: int = N_TEXTS, seed: int = 0) -> list[str]:
+    """``n`` texts from a few words to a long paragraph (lengths drawn log-uniformly, 3 to 200 words)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        n_words = round(3 * (200 / 3) ** rng.random())
+        words = [rng.choice(WORDS) for _ in range(n_words)]
+        if rng.random() < 0.3:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(PHRASES))
+        texts.append(" ".join(words).capitalize() + ".")
+    return texts
+
+
+def _side(fn: Any, texts: list[str]) -> Any:
+    def run() -> float:
+        seconds, vectors = timed(lambda: fn(texts))
+        if len(vectors) != len(texts):
+            raise RuntimeError(f"{len(vectors)} vectors for {len(texts)} texts")
+        return seconds
+
+    return run
+
+
+def case_embed_gguf(gguf: Path, repeats: int) -> Comparison:
+    texts = mixed_texts()
+    comp = Comparison("11a", f"embed_documents of {len(texts)} mixed-length texts, GGUF (llama.cpp)")
+    ours = LocalGGMLEmbeddings(model_path=str(gguf))
+    alone = LocalGGMLEmbeddings(model_path=str(gguf), batch_size=1)
+    ours.load()
+    with ours._backend().hold() as model:
+        n_tokens = sum(len(model.llama.tokenize(t.encode())) for t in texts)
+    comp.notes.append(f"{n_tokens} tokens in all ({min(map(len, texts))}-{max(map(len, texts))} characters a text)")
+    sides = {
+        "ours (batched)": _side(ours.embed_documents, texts),
+        "ours (batch_size=1)": _side(alone.embed_documents, texts),
+    }
+    try:
+        from langchain_community.embeddings import LlamaCppEmbeddings
+    except ImportError as e:
+        comp.notes.append(f"langchain-community not installed ({e}): no peer side")
+    else:
+        peer = LlamaCppEmbeddings(model_path=str(gguf), n_ctx=4096, n_batch=512, verbose=False)
+        sides["langchain-community LlamaCppEmbeddings"] = _side(peer.embed_documents, texts)
+    stats = interleave(sides, repeats=repeats)
+    comp.sides.extend(stats.values())
+    base = stats["ours (batched)"].median
+    comp.goals.append(Goal("one-at-a-time / batched", stats["ours (batch_size=1)"].median / base, 4.0))
+    peer_stats = stats.get("langchain-community LlamaCppEmbeddings")
+    if peer_stats is not None:
+        comp.goals.append(Goal("LlamaCppEmbeddings / ours", peer_stats.median / base, 3.0))
+    comp.notes.append(f"ours: {n_tokens / base:.0f} tokens/s")
+    return comp
+
+
+def case_embed_hf(hf: Path, repeats: int) -> Comparison:
+    texts = mixed_texts()
+    comp = Comparison("11b", f"embed_documents of {len(texts)} mixed-length texts, HF (transformers, CPU)")
+    ours = HFLocalEmbeddings(model=str(hf), device="cpu")
+    alone = HFLocalEmbeddings(model=str(hf), device="cpu", batch_size=1)
+    ours.load()
+    sides = {
+        "ours (batched)": _side(ours.embed_documents, texts),
+        "ours (batch_size=1)": _side(alone.embed_documents, texts),
+    }
+    try:
+        from langchain_huggingface import HuggingFaceEmbeddings
+    except ImportError as e:
+        comp.notes.append(f"langchain-huggingface not installed ({e}): no peer side")
+    else:
+        peer = HuggingFaceEmbeddings(
+            model_name=str(hf), model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
+        )
+        sides["langchain-huggingface HuggingFaceEmbeddings"] = _side(peer.embed_documents, texts)
+    stats = interleave(sides, repeats=repeats)
+    comp.sides.extend(stats.values())
+    base = stats["ours (batched)"].median
+    comp.goals.append(Goal("one-at-a-time / batched", stats["ours (batch_size=1)"].median / base, 4.0))
+    peer_stats = stats.get("langchain-huggingface HuggingFaceEmbeddings")
+    if peer_stats is not None:
+        comp.goals.append(Goal("HuggingFaceEmbeddings / ours", peer_stats.median / base, 1.0))
+    return comp
