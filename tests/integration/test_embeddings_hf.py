@@ -25,10 +25,17 @@ def emb() -> HFLocalEmbeddings:
     return HFLocalEmbeddings(model=str(TINY_HF), device="cpu")
 
 
-def st_copy(root: Path, pooling: str | None, *, normalize: bool = False, max_seq_length: int | None = None) -> Path:
-    """The tiny checkpoint (symlinked) with sentence-transformers files, as a model on the Hub would have them."""
+def st_copy(
+    root: Path,
+    pooling: str | None,
+    *,
+    normalize: bool = False,
+    max_seq_length: int | None = None,
+    source: Path = TINY_HF,
+) -> Path:
+    """A checkpoint (symlinked) with sentence-transformers files, as a model on the Hub would have them."""
     root.mkdir()
-    for f in TINY_HF.iterdir():
+    for f in source.iterdir():
         (root / f.name).symlink_to(f)
     if pooling is not None:
         modules = [
@@ -43,7 +50,7 @@ def st_copy(root: Path, pooling: str | None, *, normalize: bool = False, max_seq
         (root / "modules.json").write_text(json.dumps(modules))
         (root / "1_Pooling").mkdir()
         config = {
-            "word_embedding_dimension": 128,
+            "word_embedding_dimension": json.loads((source / "config.json").read_text())["hidden_size"],
             "pooling_mode_cls_token": pooling == "cls",
             "pooling_mode_mean_tokens": pooling == "mean",
             "pooling_mode_max_tokens": pooling == "max",
