@@ -9,6 +9,7 @@ keeps its model loaded across repeats, so only embedding is timed.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,27 @@ def case_embed_gguf(gguf: Path, repeats: int) -> Comparison:
         "ours (batch_size=1)": _side(alone.embed_documents, texts),
     }
     try:
+        import llama_cpp
         from langchain_community.embeddings import LlamaCppEmbeddings
     except ImportError as e:
         comp.notes.append(f"langchain-community not installed ({e}): no peer side")
     else:
-        peer = LlamaCppEmbeddings(model_path=str(gguf), n_ctx=4096, n_batch=512, verbose=False)
+        defaults = LlamaCppEmbeddings(model_path=str(gguf), verbose=False)
+        got = len(defaults.embed_documents(texts[:8]))
+        comp.notes.append(
+            f"LlamaCppEmbeddings with its defaults returned {got} vectors for 8 texts (the GGUF names no pooling "
+            "type: one vector per token, flattened); timed below with pooling_type=MEAN on its Llama"
+        )
+        del defaults
+        client = llama_cpp.Llama(
+            str(gguf),
+            embedding=True,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            n_ctx=4096,
+            n_batch=512,
+            verbose=False,
+        )
+        peer = LlamaCppEmbeddings(model_path=str(gguf), client=client)
         sides["langchain-community LlamaCppEmbeddings"] = _side(peer.embed_documents, texts)
     stats = interleave(sides, repeats=repeats)
     comp.sides.extend(stats.values())
@@ -76,12 +93,50 @@ def case_embed_gguf(gguf: Path, repeats: int) -> Comparison:
     if peer_stats is not None:
         comp.goals.append(Goal("LlamaCppEmbeddings / ours", peer_stats.median / base, 3.0))
     comp.notes.append(f"ours: {n_tokens / base:.0f} tokens/s")
+    short = [" ".join(t.split()[:6]) for t in texts]
+    short_stats = interleave(
+        {
+            "ours (batched)": _side(ours.embed_documents, short),
+            "ours (batch_size=1)": _side(alone.embed_documents, short),
+        },
+        repeats=repeats,
+    )
+    ratio = short_stats["ours (batch_size=1)"].median / short_stats["ours (batched)"].median
+    comp.notes.append(
+        f"the same 256 texts cut to 6 words: one-at-a-time / batched = {ratio:.2f}x (information, no goal)"
+    )
     return comp
+
+
+def st_packaged(hf: Path) -> Path:
+    """``hf`` with sentence-transformers files (mean pooling, normalize), symlinked beside it."""
+    out = hf.with_name(hf.name + "-st")
+    if (out / "modules.json").exists():
+        return out
+    out.mkdir(exist_ok=True)
+    for f in hf.iterdir():
+        if not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    dim = json.loads((hf / "config.json").read_text())["hidden_size"]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": dim, "pooling_mode_mean_tokens": True})
+    )
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 4096, "do_lower_case": False}))
+    (out / "modules.json").write_text(json.dumps(modules))
+    return out
 
 
 def case_embed_hf(hf: Path, repeats: int) -> Comparison:
     texts = mixed_texts()
     comp = Comparison("11b", f"embed_documents of {len(texts)} mixed-length texts, HF (transformers, CPU)")
+    hf = st_packaged(hf)  # the same mean pooling on both sides (sentence-transformers 6 would pool the last token)
     ours = HFLocalEmbeddings(model=str(hf), device="cpu")
     alone = HFLocalEmbeddings(model=str(hf), device="cpu", batch_size=1)
     ours.load()
