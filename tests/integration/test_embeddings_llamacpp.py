@@ -113,10 +113,23 @@ def test_batched_equals_one_by_one_in_order(emb: LocalGGMLEmbeddings) -> None:
     assert_close([emb.embed_query(t) for t in TEXTS], batched[: len(TEXTS)])
 
 
-def test_small_token_budget_still_batches_correctly() -> None:
-    few = LocalGGMLEmbeddings(model_path=str(TINY_GGUF), n_ctx=N_CTX, n_batch=32, batch_size=3)
-    alone = LocalGGMLEmbeddings(model_path=str(TINY_GGUF), n_ctx=N_CTX, n_batch=32, batch_size=1)
-    assert_close(few.embed_documents(TEXTS), alone.embed_documents(TEXTS))
+@pytest.mark.parametrize(
+    ("pooling", "code"),
+    [("mean", "LLAMA_POOLING_TYPE_MEAN"), ("cls", "LLAMA_POOLING_TYPE_CLS"), ("last", "LLAMA_POOLING_TYPE_LAST")],
+)
+def test_texts_longer_than_one_decode_are_chunked_exactly(pooling: str, code: str) -> None:
+    # n_batch=16: most texts need several decodes; their chunks' pools combine to llama.cpp's whole-text pool.
+    long = "Roses, tulips, lilies and orchids in one bouquet. " * 4
+    texts = [*TEXTS, long]
+    raw = raw_llama(TINY_GGUF, getattr(llama_cpp, code))
+    try:
+        expected = [raw.embed(t) for t in texts]
+    finally:
+        raw.close()
+    small = LocalGGMLEmbeddings(model_path=str(TINY_GGUF), n_ctx=N_CTX, n_batch=16, batch_size=3, pooling=pooling)
+    with small._backend().hold() as model:
+        assert len(model.llama.tokenize(long.encode())) > 16
+    assert_close(small.embed_documents(texts), expected)
 
 
 def test_empty_string_is_a_zero_vector_and_leaves_the_others_alone(emb: LocalGGMLEmbeddings) -> None:
