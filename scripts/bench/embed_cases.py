@@ -1,4 +1,4 @@
-"""Embedding comparisons (11a GGUF, 11b HF): ``embed_documents`` of 256 mixed-length texts.
+"""Embedding comparisons (14a GGUF, 14b HF; numbered after issue 14): ``embed_documents`` of 256 mixed-length texts.
 
 Each side embeds the same 256 texts: ours batched (the defaults), ours one text per forward
 (``batch_size=1``, the same code path otherwise), and the peer package on the same model
@@ -51,7 +51,7 @@ def _side(fn: Any, texts: list[str]) -> Any:
 
 def case_embed_gguf(gguf: Path, repeats: int) -> Comparison:
     texts = mixed_texts()
-    comp = Comparison("11a", f"embed_documents of {len(texts)} mixed-length texts, GGUF (llama.cpp)")
+    comp = Comparison("14a", f"embed_documents of {len(texts)} mixed-length texts, GGUF (llama.cpp)")
     ours = LocalGGMLEmbeddings(model_path=str(gguf))
     alone = LocalGGMLEmbeddings(model_path=str(gguf), batch_size=1)
     ours.load()
@@ -135,7 +135,7 @@ def st_packaged(hf: Path) -> Path:
 
 def case_embed_hf(hf: Path, repeats: int) -> Comparison:
     texts = mixed_texts()
-    comp = Comparison("11b", f"embed_documents of {len(texts)} mixed-length texts, HF (transformers, CPU)")
+    comp = Comparison("14b", f"embed_documents of {len(texts)} mixed-length texts, HF (transformers, CPU)")
     hf = st_packaged(hf)  # the same mean pooling on both sides (sentence-transformers 6 would pool the last token)
     ours = HFLocalEmbeddings(model=str(hf), device="cpu")
     alone = HFLocalEmbeddings(model=str(hf), device="cpu", batch_size=1)
