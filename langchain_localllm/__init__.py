@@ -10,6 +10,7 @@ from importlib import metadata
 
 from langchain_localllm._core.cache import CacheInfo, clear_model_cache, model_cache_info, set_model_cache_size
 from langchain_localllm.chat_models import HFLocalChatModel, LocalGGMLChatModel
+from langchain_localllm.embeddings import HFLocalEmbeddings, LocalGGMLEmbeddings
 from langchain_localllm.errors import (
     ChatTemplateError,
     ConstraintError,
@@ -39,10 +40,12 @@ __all__ = [
     "ContextWindowExceededError",
     "GenerationError",
     "HFLocalChatModel",
+    "HFLocalEmbeddings",
     "InvalidModelFileError",
     "InvalidParameterError",
     "LegacyGGMLFormatError",
     "LocalGGMLChatModel",
+    "LocalGGMLEmbeddings",
     "LocalGGMLLLM",
     "LocalLLMError",
     "MissingDependencyError",

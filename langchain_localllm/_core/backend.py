@@ -3,6 +3,8 @@
 The classes (``LocalGGMLLLM``, ``LocalGGMLChatModel``, ``HFLocalChatModel``) keep their
 pydantic fields and turn a LangChain call into a :class:`GenerateRequest`; a backend
 turns the request into :class:`~langchain_localllm._core.output.Piece` objects. The
+embedding classes turn a call into an :class:`EmbedRequest`; ``embed`` turns it into one
+vector per text. The
 classes never see how a model is loaded, locked, rendered or run — like httpx's
 clients over ``BaseTransport.handle_request``.
 
@@ -26,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from langchain_localllm._core.bridge import Cancelled, aiterate_in_thread, iterate_in_thread, pull
 from langchain_localllm._core.cache import LoadedModel, model_cache
@@ -42,12 +44,13 @@ from langchain_localllm._core.toolprompt import (
     warn_ignored_tools,
 )
 from langchain_localllm._core.tools import ToolPlan
-from langchain_localllm.errors import GenerationError, LocalLLMError, ModelLoadError
+from langchain_localllm.errors import GenerationError, LocalLLMError, MissingDependencyError, ModelLoadError
 
 __all__ = [
     "Backend",
     "BaseBackend",
     "ChatPrompt",
+    "EmbedRequest",
     "GenerateRequest",
     "Prompt",
     "PullBackend",
@@ -59,6 +62,7 @@ M = TypeVar("M")
 """The backend's loaded-model type."""
 S = TypeVar("S", bound=Settings)
 """The backend's sampling settings."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,27 @@ class GenerateRequest(Generic[S]):
     """Backend-specific request data (e.g. a transformers batch slot)."""
 
 
+Pooling = Literal["auto", "mean", "cls", "last"]
+"""How token vectors become one text vector; ``"auto"``: what the model's own files say."""
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """Texts to embed, with how (built by an embedding class from its fields)."""
+
+    texts: Sequence[str]
+    """The texts, instruction prefixes already applied."""
+    pooling: Pooling = "auto"
+    normalize: bool = True
+    """L2-normalize each vector."""
+    truncate: bool = True
+    """Cut a text longer than the model's window to the window (False: ContextWindowExceededError)."""
+    batch_size: int = 32
+    """Most texts per forward pass."""
+    progress: bool = False
+    """Show a tqdm progress bar over the texts."""
+
+
 class Backend(Protocol[S]):
     """What every backend does, with the same verbs."""
 
@@ -138,6 +163,10 @@ class Backend(Protocol[S]):
 
     def astream(self, request: GenerateRequest[S]) -> AsyncGenerator[Piece, None]:
         """Generate without blocking the event loop."""
+        ...
+
+    def embed(self, request: EmbedRequest) -> list[list[float]]:
+        """One vector per text, in order (batched; the model lock is held per batch)."""
         ...
 
 
@@ -179,8 +208,19 @@ class BaseBackend(ABC, Generic[M, S]):
         """The backend's constraint for ``schema``; with ``wrap``, for one tool call in that syntax."""
 
     @abstractmethod
-    def _map_error(self, error: Exception) -> LocalLLMError:
-        """The package error for a backend exception raised while generating."""
+    def _map_error(self, error: Exception, doing: str = "generating") -> LocalLLMError:
+        """The package error for a backend exception raised while ``doing`` (generating, embedding)."""
+
+    @abstractmethod
+    def _embed_batches(
+        self, step: Callable[[], AbstractContextManager[M]], request: EmbedRequest
+    ) -> Iterator[tuple[Sequence[int], list[list[float]]]]:
+        """Embed ``request.texts`` batch by batch: (indices into the texts, their vectors) per batch.
+
+        Vectors come pooled and, with ``request.normalize``, L2-normalized.
+
+        Each batch runs inside one ``step()`` (the model and its lock held for that batch only).
+        """
 
     # -- shared ---------------------------------------------------------------------
 
@@ -254,6 +294,23 @@ class BaseBackend(ABC, Generic[M, S]):
         with self.hold() as model:
             return self._render(model, self._tool_prompt(model, prompt)[0])
 
+    def embed(self, request: EmbedRequest) -> list[list[float]]:
+        """One vector per text, in order; the model's lock is held per batch, not for the whole call."""
+        if not request.texts:
+            return []
+        vectors: list[list[float]] = [[] for _ in request.texts]
+        bar = _progress_bar(len(request.texts)) if request.progress else None
+        try:
+            for indices, batch in self._mapped(self._embed_batches(self.stepper(), request), "embedding"):
+                for i, vector in zip(indices, batch, strict=True):
+                    vectors[i] = vector
+                if bar is not None:
+                    bar.update(len(indices))
+        finally:
+            if bar is not None:
+                bar.close()
+        return vectors
+
     def _tool_prompt(self, model: M, prompt: Prompt) -> tuple[Prompt, bool]:
         """``prompt`` with the package's tool prompt when it is used, and whether it is (model held).
 
@@ -299,14 +356,14 @@ class BaseBackend(ABC, Generic[M, S]):
             constraint = self._compile(request.json_schema, None)
         return self._render(model, prompt), constraint
 
-    def _mapped(self, pieces: Iterator[Piece]) -> Generator[Piece, None, None]:
-        """``pieces`` with backend exceptions mapped into the error tree."""
+    def _mapped(self, items: Iterator[T], doing: str = "generating") -> Generator[T, None, None]:
+        """``items`` with backend exceptions mapped into the error tree."""
         try:
-            yield from pieces
+            yield from items
         except (LocalLLMError, Cancelled):
             raise
         except Exception as e:  # mapped at the boundary, the cause chained
-            raise self._map_error(e) from e
+            raise self._map_error(e, doing) from e
 
     @abstractmethod
     def stream(self, request: GenerateRequest[S]) -> Generator[Piece, None, None]:
@@ -364,3 +421,13 @@ class PushBackend(BaseBackend[M, S]):
         return aiterate_in_thread(
             self._producer(request), name="langchain-localllm-generate", executor=self._executor()
         )
+
+
+def _progress_bar(total: int) -> Any:
+    """A tqdm bar over ``total`` texts (``show_progress=True``)."""
+    try:
+        from tqdm.auto import tqdm  # noqa: PLC0415 - optional, only for the progress bar
+    except ImportError as e:
+        msg = "show_progress=True needs tqdm, which is not installed. Install it with: pip install tqdm"
+        raise MissingDependencyError(msg, name="tqdm") from e
+    return tqdm(total=total, desc="Embedding", unit="text")

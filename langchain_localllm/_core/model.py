@@ -1,8 +1,9 @@
 """What every model class shares on the LangChain side of the backend interface.
 
-:class:`LocalModel` keeps one backend per instance, made from the instance's load
-fields and made again when they change; loading, unloading and token counting are
-the backend's verbs.
+:class:`BackendOwner` keeps one backend per instance, made from the instance's load
+fields and made again when they change; loading and unloading are the backend's verbs.
+:class:`LocalModel` adds what the generating classes share (stops, token counting,
+LangSmith parameters); the embedding classes use :class:`BackendOwner` directly.
 """
 
 from __future__ import annotations
@@ -19,27 +20,19 @@ from langchain_localllm._core.settings import Settings
 from langchain_localllm._core.stop import merge_stops
 from langchain_localllm.errors import InvalidParameterError
 
-__all__ = ["LocalModel"]
+__all__ = ["BackendOwner", "LocalModel"]
 
 
-class LocalModel(BaseModel):
-    """A model class over one backend (mixed into the LangChain classes)."""
+class BackendOwner(BaseModel):
+    """A class over one backend: made from its load fields, made again when they change.
+
+    Shared by the generating classes (:class:`LocalModel`) and the embedding classes.
+    """
 
     load_on_init: bool = False
     """Load the weights in the constructor instead of on first use. Default: False."""
 
-    stop: list[str] | None = None
-    """Stop strings, merged with those given per call; never part of the output. Default: None."""
-
-    allow_control_tokens_in_content: bool = False
-    """Parse control-token text (``<|im_start|>``, ``<|eot_id|>``...) inside message contents as
-    control tokens, as llama-cpp-python and transformers do. Off: contents (user, system, assistant,
-    tool results, tool-call arguments) are literal text, so a user message or a retrieved document
-    cannot forge conversation turns; benign prompts give the same token ids either way (see
-    docs/security.md). Default: False."""
-
     _backend_slot: BaseBackend[Any, Any] | None = PrivateAttr(default=None)
-    _ls_model_type: ClassVar[str] = "chat"
     _provider: ClassVar[str]
     """The backend's provider name (LangSmith's ``ls_provider``, ``model_provider`` in metadata)."""
 
@@ -84,11 +77,6 @@ class LocalModel(BaseModel):
             msg = f"model_kwargs[{key!r}] is refused: {why}; use {instead}"
             raise InvalidParameterError(msg)
 
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, value: list[str] | None) -> list[str] | None:
-        return merge_stops(value) if value is not None else None
-
     @abstractmethod
     def _load_settings(self) -> Settings:
         """The load settings from the instance's fields (validated, frozen)."""
@@ -108,21 +96,7 @@ class LocalModel(BaseModel):
         return backend
 
     @model_validator(mode="after")
-    def _set_localllm_version(self) -> LocalModel:
-        """Record the package version in ``metadata["lc_versions"]``, as the partner packages do.
-
-        langchain-core seeds ``lc_versions`` with its own version; each layer adds its own
-        (a validator of a unique name: pydantic replaces same-named validators).
-        """
-        from langchain_localllm import __version__  # noqa: PLC0415 - the package is imported by now
-
-        add_version = getattr(self, "_add_version", None)  # absent from older langchain-core 1.x
-        if callable(add_version):
-            add_version("langchain-localllm", __version__)
-        return self
-
-    @model_validator(mode="after")
-    def _load_if_asked(self) -> LocalModel:
+    def _load_if_asked(self) -> BackendOwner:
         if self.load_on_init:
             self.load()
         return self
@@ -138,6 +112,41 @@ class LocalModel(BaseModel):
         Returns whether a model was loaded.
         """
         return self._backend().unload()
+
+
+class LocalModel(BackendOwner):
+    """A generating model class over one backend (mixed into the LangChain classes)."""
+
+    stop: list[str] | None = None
+    """Stop strings, merged with those given per call; never part of the output. Default: None."""
+
+    allow_control_tokens_in_content: bool = False
+    """Parse control-token text (``<|im_start|>``, ``<|eot_id|>``...) inside message contents as
+    control tokens, as llama-cpp-python and transformers do. Off: contents (user, system, assistant,
+    tool results, tool-call arguments) are literal text, so a user message or a retrieved document
+    cannot forge conversation turns; benign prompts give the same token ids either way (see
+    docs/security.md). Default: False."""
+
+    _ls_model_type: ClassVar[str] = "chat"
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: list[str] | None) -> list[str] | None:
+        return merge_stops(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _set_localllm_version(self) -> LocalModel:
+        """Record the package version in ``metadata["lc_versions"]``, as the partner packages do.
+
+        langchain-core seeds ``lc_versions`` with its own version; each layer adds its own
+        (a validator of a unique name: pydantic replaces same-named validators).
+        """
+        from langchain_localllm import __version__  # noqa: PLC0415 - the package is imported by now
+
+        add_version = getattr(self, "_add_version", None)  # absent from older langchain-core 1.x
+        if callable(add_version):
+            add_version("langchain-localllm", __version__)
+        return self
 
     def get_num_tokens(self, text: str) -> int:
         """Count the tokens of ``text`` with the model's own tokenizer (loads the model)."""

@@ -9,6 +9,7 @@ goal is missed, naming it.
     make bench ARGS=--quick         # about 3 minutes on 2 cores (fewer repeats and tokens)
     python -m scripts.bench.run --only 1,2 --gguf ~/models/model.gguf --hf ~/models/model-dir   # from the repo root
     python -m scripts.bench.run --only 10 --real-gguf ~/models/SmolLM2-135M-Instruct.Q4_1.gguf   # first call
+    python -m scripts.bench.run --only 14a,14b      # embeddings (GGUF, HF; issue 14)
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def main() -> int:
 
 
 def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str], label: str) -> list[Comparison]:
-    from scripts.bench import batching, gguf_cases
+    from scripts.bench import batching, embed_cases, gguf_cases
 
     n_new = 128 if quick else 256
     cases: list[tuple[str, Callable[[], Comparison]]] = [
@@ -188,6 +189,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         ("7", lambda: gguf_cases.case_callbacks_async(gguf, repeats, n_new)),
         ("9", lambda: gguf_cases.case_grammar_cost(gguf, repeats, n_new)),
         ("11", lambda: batching.case_batching(gguf, repeats, quick=quick)),
+        ("14a", lambda: embed_cases.case_embed_gguf(gguf, 3 if quick else repeats)),
     ]
     try:
         from scripts.bench import gpu, hf_cases
@@ -199,6 +201,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
             ("6", lambda: hf_cases.case_batch(hf, repeats, quick=quick)),
         ]
         cases.append(("9b", lambda: hf_cases.case_grammar_cost(hf, repeats, quick=quick)))
+        cases.append(("14b", lambda: embed_cases.case_embed_hf(hf, 3 if quick else repeats)))
         cases.append(("8", lambda: gpu.case_gpu(repeats, quick=quick)))
     out = []
     for number, fn in cases:

@@ -18,10 +18,12 @@ EXPECTED_ALL = [
     "ContextWindowExceededError",
     "GenerationError",
     "HFLocalChatModel",
+    "HFLocalEmbeddings",
     "InvalidModelFileError",
     "InvalidParameterError",
     "LegacyGGMLFormatError",
     "LocalGGMLChatModel",
+    "LocalGGMLEmbeddings",
     "LocalGGMLLLM",
     "LocalLLMError",
     "MissingDependencyError",
@@ -64,6 +66,9 @@ def test_constructing_a_model_loads_no_heavy_backend() -> None:
         "HFLocalChatModel(model='does-not-exist')\n"
         "from langchain_localllm import LocalGGMLChatModel\n"
         "LocalGGMLChatModel(model_path='does-not-exist.gguf').bind_tools([]).with_config({})\n"
+        "from langchain_localllm import HFLocalEmbeddings, LocalGGMLEmbeddings\n"
+        "LocalGGMLEmbeddings(model_path='does-not-exist.gguf')\n"
+        "HFLocalEmbeddings(model='does-not-exist')\n"
         "print(','.join(m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,9 +9,11 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from langchain_localllm._backends.llamacpp.embed import embed_batches
 from langchain_localllm._backends.llamacpp.generate import check_grammar, check_prompt, generate_pieces
 from langchain_localllm._backends.llamacpp.gguf import check_model_file, file_identity
 from langchain_localllm._backends.llamacpp.grammar import SchemaGrammars, wrap_call_grammar
@@ -27,7 +29,7 @@ from langchain_localllm._backends.llamacpp.load import (
 from langchain_localllm._backends.llamacpp.scheduler import Job, Scheduler
 from langchain_localllm._backends.llamacpp.sequence import make_sampler
 from langchain_localllm._backends.llamacpp.settings import LoadSettings, Sampling, gguf_model_name
-from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PullBackend
+from langchain_localllm._core.backend import ChatPrompt, EmbedRequest, GenerateRequest, Prompt, PullBackend
 from langchain_localllm._core.hub import forbid_hub_network, offline
 from langchain_localllm._core.literal import prompt_ids
 from langchain_localllm._core.messages import ChatDict, fold_system
@@ -336,8 +338,14 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
         finally:
             job.cancel.set()
 
-    def _map_error(self, error: Exception) -> LocalLLMError:
-        return GenerationError(f"llama.cpp failed while generating: {type(error).__name__}: {error}")
+    def _embed_batches(
+        self, step: Callable[[], AbstractContextManager[LlamaModel]], request: EmbedRequest
+    ) -> Iterator[tuple[Sequence[int], list[list[float]]]]:
+        """Many texts per ``llama_decode`` on an embedding context over the same weights (``embed.py``)."""
+        return embed_batches(step, request, self.settings.n_batch)
+
+    def _map_error(self, error: Exception, doing: str = "generating") -> LocalLLMError:
+        return GenerationError(f"llama.cpp failed while {doing}: {type(error).__name__}: {error}")
 
 
 def _tagged(put: Callable[[tuple[int, object]], None], index: int, item: object) -> None:

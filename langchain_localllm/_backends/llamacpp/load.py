@@ -96,12 +96,19 @@ class LlamaModel:
     scheduler: Any = None
     """With ``max_parallel > 1``: its ``scheduler.Scheduler``, made on first use under the model's lock."""
 
+    embedders: dict[Any, Any] = field(default_factory=dict)
+    """Embedding contexts over the same weights, made on first use (see ``embed.py``)."""
+    embed_warned: bool = False
+
     def close(self) -> None:
-        """Free the native model and context (the token tables stop asking it)."""
+        """Free the native model and contexts (the token tables stop asking it)."""
         self._free_batch()
         for table in (self.pieces, self.eog_ids):
             if isinstance(table, (TokenPieces, EndOfGeneration)):
                 table.detach()
+        for embedder in self.embedders.values():
+            embedder.close()
+        self.embedders.clear()
         self.llama.close()
 
     def _free_batch(self) -> None:

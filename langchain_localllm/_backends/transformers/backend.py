@@ -6,16 +6,18 @@ import concurrent.futures
 import dataclasses
 import threading
 from collections.abc import Callable, Generator, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from langchain_localllm._backends.transformers.batch import BatchPlan, run_batch
 from langchain_localllm._backends.transformers.device import call_on_device_thread, device_executor, on_device_thread
+from langchain_localllm._backends.transformers.embed import SentenceConfig, embed_batches, read_sentence_config
 from langchain_localllm._backends.transformers.generate import generate_rows
 from langchain_localllm._backends.transformers.grammar import json_schema_grammar, tool_call_grammar
 from langchain_localllm._backends.transformers.load import HFBundle, bundle_from_objects, load_bundle
 from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget, template_of
 from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
-from langchain_localllm._core.backend import ChatPrompt, GenerateRequest, Prompt, PushBackend
+from langchain_localllm._core.backend import ChatPrompt, EmbedRequest, GenerateRequest, Prompt, PushBackend
 from langchain_localllm._core.messages import ChatDict
 from langchain_localllm._core.output import Piece
 from langchain_localllm.errors import GenerationError, LocalLLMError
@@ -40,6 +42,7 @@ class TransformersBackend(PushBackend[HFBundle, Sampling]):
         self.settings: LoadSpec = settings
         self._objects = objects
         self._key: tuple[Hashable, ...] | None = None
+        self._sentence_config: SentenceConfig | None = None
 
     def model_name(self) -> str:
         """The ``model`` field (a path or hub id)."""
@@ -153,10 +156,26 @@ class TransformersBackend(PushBackend[HFBundle, Sampling]):
         rewritten, _ = self._tool_prompt(bundle, dataclasses.replace(prompt, messages=conversation, tools=None))
         return rewritten.messages if isinstance(rewritten, ChatPrompt) else conversation
 
-    def _map_error(self, error: Exception) -> LocalLLMError:
+    # -- embedding ----------------------------------------------------------------------
+
+    def sentence_config(self) -> SentenceConfig:
+        """The checkpoint's sentence-transformers settings (pooling, normalize, window, prompts). Memoized."""
+        if self._sentence_config is None:
+            objects = self._objects is not None
+            self._sentence_config = SentenceConfig() if objects else read_sentence_config(self.settings)
+        return self._sentence_config
+
+    def _embed_batches(
+        self, step: Callable[[], AbstractContextManager[HFBundle]], request: EmbedRequest
+    ) -> Iterator[tuple[Sequence[int], list[list[float]]]]:
+        """Padded batches sorted by length through the base model, pooled (``embed.py``)."""
+        return embed_batches(step, request, self.sentence_config())
+
+    def _map_error(self, error: Exception, doing: str = "generating") -> LocalLLMError:
         if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+            lower = "batch_size" if doing == "embedding" else "max_tokens or batch_size"
             return GenerationError(
-                f"the device ran out of memory while generating ({error}); lower max_tokens or batch_size, "
+                f"the device ran out of memory while {doing} ({error}); lower {lower}, "
                 "or load the model with a smaller dtype or quantization"
             )
-        return GenerationError(f"transformers failed while generating: {type(error).__name__}: {error}")
+        return GenerationError(f"transformers failed while {doing}: {type(error).__name__}: {error}")
