@@ -74,7 +74,7 @@ def generate_pieces(
     """
     n_prompt = len(prompt_tokens)
     with step() as model:
-        check_prompt(model, n_prompt)
+        room = check_prompt(model, n_prompt)
         llama_cpp = llama_cpp_module()
         grammar = check_grammar(llama_cpp, model, grammar_text) if grammar_text else None
         sequence = Generation(
@@ -85,7 +85,6 @@ def generate_pieces(
         )
         pieces = model.pieces
         eog = model.eog_ids
-    room = model.n_ctx - n_prompt
     budget = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
     out = ByteStream(stops)
     top_n = sampling.logprobs
