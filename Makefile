@@ -55,6 +55,7 @@ fixtures: venv
 	$(PY) scripts/train_tiny_model.py
 	$(PY) scripts/make_bad_fixtures.py
 	$(PY) scripts/make_tiny_t5.py
+	$(PY) scripts/make_tiny_encoder.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
