@@ -75,7 +75,8 @@ class _LocalEmbeddings(EmbeddingFields, BackendOwner, Embeddings):
             return []
         prefix = self._instruction(kind)
         request = EmbedRequest(
-            texts=[prefix + t for t in texts],
+            texts=list(texts),
+            prefix=prefix,
             pooling=self.pooling,
             normalize=self.normalize,
             truncate=self.truncate,

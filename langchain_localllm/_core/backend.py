@@ -116,7 +116,10 @@ class EmbedRequest:
     """Texts to embed, with how (built by an embedding class from its fields)."""
 
     texts: Sequence[str]
-    """The texts, instruction prefixes already applied."""
+    """The texts, without the instruction prefix."""
+    prefix: str = ""
+    """Instruction put before every text (``"query: "``...); a checkpoint may exclude its tokens
+    from pooling (sentence-transformers ``include_prompt: false``)."""
     pooling: Pooling = "auto"
     normalize: bool = True
     """L2-normalize each vector."""

@@ -18,6 +18,7 @@ from langchain_localllm import (
 )
 from langchain_localllm._backends.llamacpp.embed import plan_batches
 from langchain_localllm._backends.transformers.embed import SentenceConfig, read_sentence_config, resolve_pooling
+from langchain_localllm._backends.transformers.load import auto_class_name
 from langchain_localllm._backends.transformers.settings import LoadSpec
 
 from .conftest import TINY_GGUF, TINY_HF
@@ -123,7 +124,7 @@ def test_batches_pack_tokens_and_sequences_in_order() -> None:
     assert all(len(b) <= 3 for b in batches)
 
 
-def _write_st(root: Path, pooling: dict[str, bool], *, normalize: bool, extra: dict[str, Any] | None = None) -> None:
+def _write_st(root: Path, pooling: dict[str, Any], *, normalize: bool, extra: dict[str, Any] | None = None) -> None:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -180,3 +181,34 @@ def test_query_and_document_prompts_come_from_the_checkpoint(tmp_path: Path) -> 
     assert (emb._instruction("query"), emb._instruction("document")) == ("", "doc: ")
     gguf = LocalGGMLEmbeddings(model_path=str(TINY_GGUF), query_instruction="search_query: ")
     assert (gguf._instruction("query"), gguf._instruction("document")) == ("search_query: ", "")
+
+
+@pytest.mark.parametrize(
+    ("pooling", "expected"),
+    [
+        ({"pooling_mode": "lasttoken", "include_prompt": False}, ("last", False)),  # sentence-transformers 5+
+        ({"pooling_mode": ["cls", "mean"]}, ("cls+mean", True)),
+        ({"pooling_mode": "mean_sqrt_len_tokens"}, ("mean_sqrt_len", True)),
+        ({"pooling_mode_mean_tokens": False, "include_prompt": True}, ("mean", True)),  # legacy, no flag: mean
+    ],
+)
+def test_both_pooling_config_forms_are_read(
+    tmp_path: Path, pooling: dict[str, Any], expected: tuple[str, bool]
+) -> None:
+    _write_st(tmp_path, pooling, normalize=False)
+    config = read_sentence_config(LoadSpec(model=str(tmp_path)))
+    assert (config.pooling, config.include_prompt) == expected
+
+
+def test_encoders_load_without_a_head_and_generative_checkpoints_with_theirs() -> None:
+    transformers = pytest.importorskip("transformers")
+    name = auto_class_name
+    assert name(transformers.BertConfig(architectures=["BertModel"])) == "AutoModel"
+    assert name(transformers.XLMRobertaConfig(architectures=["XLMRobertaModel"])) == "AutoModel"
+    assert name(transformers.BertConfig()) == "AutoModel"  # no architectures: the BERT family is an encoder
+    assert name(transformers.BertConfig(is_decoder=True)) == "AutoModelForCausalLM"
+    assert name(transformers.LlamaConfig(architectures=["LlamaForCausalLM"])) == "AutoModelForCausalLM"
+    assert name(transformers.LlamaConfig()) == "AutoModelForCausalLM"
+    assert name(transformers.LlamaConfig(architectures=["LlamaModel"])) == "AutoModel"  # no LM head: embed only
+    assert name(transformers.GPT2Config(architectures=["GPT2LMHeadModel"])) == "AutoModelForCausalLM"
+    assert name(transformers.T5Config()) == "AutoModelForSeq2SeqLM"

@@ -319,7 +319,7 @@ def embed_batches(
         made = embedder(model, pooling, request.batch_size, n_batch)
         window = model.n_ctx
         tokens = [
-            _fit(text_tokens(model, text), window, truncate=request.truncate, index=i)
+            _fit(text_tokens(model, request.prefix + text), window, truncate=request.truncate, index=i)
             for i, text in enumerate(request.texts)
         ]
     empty = [i for i, t in enumerate(tokens) if not t]  # no BOS and no text: nothing to pool

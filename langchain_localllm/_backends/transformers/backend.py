@@ -14,7 +14,12 @@ from langchain_localllm._backends.transformers.device import call_on_device_thre
 from langchain_localllm._backends.transformers.embed import SentenceConfig, embed_batches, read_sentence_config
 from langchain_localllm._backends.transformers.generate import generate_rows
 from langchain_localllm._backends.transformers.grammar import json_schema_grammar, tool_call_grammar
-from langchain_localllm._backends.transformers.load import HFBundle, bundle_from_objects, load_bundle
+from langchain_localllm._backends.transformers.load import (
+    HFBundle,
+    bundle_from_objects,
+    load_bundle,
+    require_generative,
+)
 from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget, template_of
 from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
 from langchain_localllm._core.backend import ChatPrompt, EmbedRequest, GenerateRequest, Prompt, PushBackend
@@ -83,6 +88,7 @@ class TransformersBackend(PushBackend[HFBundle, Sampling]):
         return template if isinstance(template, str) else None
 
     def _render(self, model: HFBundle, prompt: Prompt) -> list[int]:
+        require_generative(model)
         if not isinstance(prompt, ChatPrompt):
             return list(model.tokenizer(prompt.text)["input_ids"])
         return render_prompt(model, prompt.messages, prompt.chat_template, tools=prompt.tools, literal=prompt.literal)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_localllm._backends.transformers.generate import generate_rows
-from langchain_localllm._backends.transformers.load import HFBundle
+from langchain_localllm._backends.transformers.load import HFBundle, require_generative
 from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget
 from langchain_localllm._backends.transformers.settings import Sampling
 from langchain_localllm._core.messages import ChatDict
@@ -32,6 +32,7 @@ def run_batch(
     (a template error, a context overflow...). An error inside ``generate`` is
     returned for every conversation that was in the call.
     """
+    require_generative(bundle)
     results: list[list[Piece] | BaseException] = []
     prompts: list[list[int]] = []
     budgets: list[int] = []

@@ -4,7 +4,9 @@ The vectors come from the model the chat class loads (the same cache entry): the
 hidden states of its base model (``model.base_model``: the decoder stack without the LM
 head), or of its encoder for a seq2seq model. How they are pooled comes from the
 checkpoint's sentence-transformers files when present (:func:`read_sentence_config`):
-``modules.json`` → ``1_Pooling/config.json`` (the pooling mode), ``2_Normalize`` (normalize),
+``modules.json`` → ``1_Pooling/config.json`` (the pooling mode, in sentence-transformers' current
+``pooling_mode`` form or the legacy ``pooling_mode_*_token`` flags, and ``include_prompt``),
+``2_Normalize`` (normalize),
 ``sentence_bert_config.json`` (``max_seq_length``) and ``config_sentence_transformers.json``
 (the ``query``/``document`` prompts). Without them: mean pooling over the text's tokens, as
 sentence-transformers itself does for a plain checkpoint.
@@ -41,6 +43,8 @@ _ST_MODES = {
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
     "pooling_mode_weightedmean_tokens": "weightedmean",
 }
+_ST_NAMES = {"lasttoken": "last", "mean_sqrt_len_tokens": "mean_sqrt_len"}
+"""sentence-transformers' ``pooling_mode`` names that differ from ours."""
 _SUPPORTED = {"cls", "mean", "last", "max"}
 
 
@@ -52,6 +56,8 @@ class SentenceConfig:
     normalize: bool = False
     max_seq_length: int | None = None
     prompts: dict[str, str] = field(default_factory=dict)
+    include_prompt: bool = True
+    """False: the instruction prefix's tokens are left out of the pooling (INSTRUCTOR-style models)."""
 
 
 def _checkpoint_file(spec: LoadSpec, name: str) -> Path | None:
@@ -86,6 +92,7 @@ def read_sentence_config(spec: LoadSpec) -> SentenceConfig:
         return SentenceConfig()
     pooling: str | None = None
     normalize = False
+    include_prompt = True
     for module in modules:
         if not isinstance(module, dict):
             continue
@@ -93,8 +100,8 @@ def read_sentence_config(spec: LoadSpec) -> SentenceConfig:
         if kind.endswith(".Pooling"):
             config = _json(_checkpoint_file(spec, f"{module.get('path', '')}/config.json".lstrip("/")))
             if isinstance(config, dict):
-                modes = [mode for key, mode in _ST_MODES.items() if config.get(key)]
-                pooling = "+".join(modes) if modes else None
+                pooling = _pooling_mode(config)
+                include_prompt = config.get("include_prompt", True) is not False
         elif kind.endswith(".Normalize"):
             normalize = True
     bert = _json(_checkpoint_file(spec, "sentence_bert_config.json"))
@@ -106,7 +113,22 @@ def read_sentence_config(spec: LoadSpec) -> SentenceConfig:
         normalize=normalize,
         max_seq_length=max_seq if isinstance(max_seq, int) and max_seq > 0 else None,
         prompts={str(k): str(v) for k, v in prompts.items()} if isinstance(prompts, dict) else {},
+        include_prompt=include_prompt,
     )
+
+
+def _pooling_mode(config: dict[str, Any]) -> str:
+    """The pooling of a ``1_Pooling/config.json``, in our names (``"a+b"`` for a concatenation).
+
+    sentence-transformers 5+ writes ``pooling_mode`` (a name or a list); earlier versions wrote
+    one boolean per mode, and with none set pool by mean, as sentence-transformers still does.
+    """
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str | list | tuple) and mode:
+        names = [mode] if isinstance(mode, str) else [str(m) for m in mode]
+        return "+".join(_ST_NAMES.get(name, name) for name in names)
+    modes = [name for key, name in _ST_MODES.items() if config.get(key)]
+    return "+".join(modes) if modes else "mean"
 
 
 def resolve_pooling(pooling: str, config: SentenceConfig, name: str) -> str:
@@ -141,13 +163,18 @@ def window(bundle: HFBundle, config: SentenceConfig) -> int | None:
 
 
 def pool(hidden: Any, mask: Any, mode: str) -> Any:
-    """One vector per row of ``hidden`` (batch, tokens, dim) from its unpadded tokens (right padding)."""
+    """One vector per row of ``hidden`` (batch, tokens, dim) from the tokens ``mask`` keeps.
+
+    ``cls`` is the first kept token (the first token, unless the prompt is left out), ``last`` the
+    last kept one, ``mean``/``max`` over the kept ones.
+    """
     torch = import_optional("torch")
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
     if mode == "cls":
-        return hidden[:, 0]
+        return hidden[rows, mask.to(torch.int).argmax(dim=1)]
     if mode == "last":
-        last = mask.sum(dim=1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.clamp(min=0)]
+        last = mask.shape[1] - 1 - mask.flip(dims=(1,)).to(torch.int).argmax(dim=1)
+        return hidden[rows, last]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     if mode == "max":
         return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
@@ -160,6 +187,21 @@ def _encoder(bundle: HFBundle) -> Any:
     if bundle.is_seq2seq:
         return model.get_encoder()
     return getattr(model, "base_model", model)
+
+
+def prompt_length(bundle: HFBundle, prefix: str) -> int:
+    """Tokens of ``prefix`` at the start of a text, counted as sentence-transformers does.
+
+    The prefix tokenized alone with the special tokens, less a closing special token (``[SEP]``,
+    ``</s>``) when the tokenizer adds one; the opening one (``[CLS]``, BOS) counts, so it is
+    left out of the pooling with the prompt.
+    """
+    if not prefix:
+        return 0
+    tokenizer = bundle.tokenizer
+    ids = list(tokenizer(prefix, add_special_tokens=True)["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return len(ids) - 1 if ids and ids[-1] in special else len(ids)
 
 
 def _token_ids(bundle: HFBundle, texts: Sequence[str], limit: int | None, *, truncate: bool) -> list[list[int]]:
@@ -182,8 +224,13 @@ def _token_ids(bundle: HFBundle, texts: Sequence[str], limit: int | None, *, tru
     return ids
 
 
-def forward(bundle: HFBundle, rows: Sequence[Sequence[int]], mode: str, *, normalize: bool) -> list[list[float]]:
-    """Pooled vectors of ``rows`` (token ids) in one right-padded forward pass."""
+def forward(
+    bundle: HFBundle, rows: Sequence[Sequence[int]], mode: str, *, normalize: bool, skip: int = 0
+) -> list[list[float]]:
+    """Pooled vectors of ``rows`` (token ids) in one right-padded forward pass.
+
+    The first ``skip`` tokens of every row (an instruction prefix) are attended to but not pooled.
+    """
     torch = import_optional("torch")
     width = max([1, *(len(r) for r in rows)])
     ids = torch.full((len(rows), width), bundle.pad_id, dtype=torch.long)
@@ -196,7 +243,11 @@ def forward(bundle: HFBundle, rows: Sequence[Sequence[int]], mode: str, *, norma
     with torch.inference_mode():
         out = _encoder(bundle)(input_ids=ids, attention_mask=mask)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        vectors = pool(hidden.float(), mask, mode)
+        kept = mask
+        if skip:
+            kept = mask.clone()
+            kept[:, :skip] = 0  # as sentence-transformers: a text that is all prompt pools to zeros
+        vectors = pool(hidden.float(), kept, mode)
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2.0, dim=1)
     result: list[list[float]] = vectors.cpu().tolist()
@@ -209,10 +260,12 @@ def embed_batches(
     """Embed ``request.texts`` longest first in padded batches of ``batch_size`` (the model held per batch)."""
     with step() as bundle:
         mode = resolve_pooling(request.pooling, config, bundle.name)
-        rows = _token_ids(bundle, request.texts, window(bundle, config), truncate=request.truncate)
+        texts = [request.prefix + text for text in request.texts]
+        rows = _token_ids(bundle, texts, window(bundle, config), truncate=request.truncate)
+        skip = 0 if config.include_prompt else prompt_length(bundle, request.prefix)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
     for start in range(0, len(order), request.batch_size):
         indices = order[start : start + request.batch_size]
         with step() as bundle:
-            vectors = forward(bundle, [rows[i] for i in indices], mode, normalize=request.normalize)
+            vectors = forward(bundle, [rows[i] for i in indices], mode, normalize=request.normalize, skip=skip)
         yield indices, vectors

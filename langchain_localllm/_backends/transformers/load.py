@@ -22,9 +22,9 @@ from langchain_localllm._backends.transformers.settings import LoadSpec
 from langchain_localllm._core.hub import forbid_hub_network, offline
 from langchain_localllm._core.imports import import_optional
 from langchain_localllm._core.literal import ControlTokens
-from langchain_localllm.errors import InvalidParameterError, LocalLLMError, MissingDependencyError
+from langchain_localllm.errors import InvalidParameterError, LocalLLMError, MissingDependencyError, ModelFormatError
 
-__all__ = ["HFBundle", "bundle_from_objects", "context_window_on_disk", "load_bundle"]
+__all__ = ["HFBundle", "bundle_from_objects", "context_window_on_disk", "load_bundle", "require_generative"]
 
 logger = logging.getLogger("langchain_localllm")
 
@@ -47,6 +47,8 @@ class HFBundle:
     """False for objects the user handed in: closing only drops our references."""
     controls: ControlTokens = field(default_factory=lambda: ControlTokens(()))
     """The tokenizer's special tokens' texts (what user content must never turn into)."""
+    generative: bool = True
+    """False for an encoder without a language-model head (``BertModel``...): it embeds, it cannot generate."""
 
     @property
     def device(self) -> Any:
@@ -145,7 +147,60 @@ def bundle_from_objects(model: Any, tokenizer: Any, *, name: str | None = None, 
         context_window=_context_window(model, tokenizer),
         owned=owned,
         controls=ControlTokens(_special_texts(tokenizer)),
+        generative=_can_generate(model),
     )
+
+
+def _can_generate(model: Any) -> bool:
+    """Whether ``model`` has a head that ``generate`` can decode with (transformers' own ``can_generate``)."""
+    check = getattr(model, "can_generate", None)
+    return bool(check()) if callable(check) else hasattr(model, "generate")
+
+
+def require_generative(bundle: HFBundle) -> None:
+    """Refuse to generate with an encoder-only model, naming what to use instead.
+
+    Raises:
+        ModelFormatError: ``bundle`` holds a model without a language-model head.
+    """
+    if not bundle.generative:
+        kind = type(bundle.model).__name__
+        msg = (
+            f"{bundle.name} is an encoder without a language-model head ({kind}): it can embed text but "
+            "not generate it. Use HFLocalEmbeddings for it, or a checkpoint with a causal-LM or seq2seq head "
+            "to chat."
+        )
+        raise ModelFormatError(msg)
+
+
+_GENERATIVE_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def auto_class_name(config: Any) -> str:
+    """The transformers auto class for a checkpoint's config.
+
+    Seq2seq configs get ``AutoModelForSeq2SeqLM``; a checkpoint whose ``architectures`` name a
+    generative head (``...ForCausalLM``, ``...LMHeadModel``, ``...ForConditionalGeneration``), or
+    that names none and whose model type has a causal-LM class (and is not of the BERT family
+    unless ``is_decoder``), gets ``AutoModelForCausalLM``.
+    The rest are encoders (``BertModel``, ``XLMRobertaModel``, ``MPNetModel``..., as
+    sentence-transformers checkpoints are): ``AutoModel``, the bare model without a head, which
+    only embeddings use. Loading those as causal LMs would add a randomly initialised LM head
+    (and ``BertLMHeadModel`` is a decoder), or fail for types without one.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        return "AutoModelForSeq2SeqLM"
+    architectures = [str(a) for a in getattr(config, "architectures", None) or []]
+    if architectures:
+        generative = any(a.endswith(_GENERATIVE_SUFFIXES) for a in architectures)
+        return "AutoModelForCausalLM" if generative else "AutoModel"
+    # No architectures (a hand-made config): a type with a causal-LM class is generative, unless it
+    # is of the masked-LM (BERT) family and not configured as a decoder.
+    auto = import_optional("transformers").models.auto.modeling_auto
+    model_type = getattr(config, "model_type", None)
+    encoder_family = model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    generative = model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not encoder_family
+    return "AutoModelForCausalLM" if generative else "AutoModel"
 
 
 def _special_texts(tokenizer: Any) -> list[str]:
@@ -223,7 +278,7 @@ def load_bundle(spec: LoadSpec) -> HFBundle:
             msg = "device_map (and quantization) need the accelerate package: pip install accelerate"
             raise MissingDependencyError(msg, name="accelerate")
         kwargs["device_map"] = device_map
-    auto_class = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+    auto_class = getattr(transformers, auto_class_name(config))
     model = from_pretrained(auto_class.from_pretrained, source, "weights", local=local, **kwargs)
     if device_map is None:
         model.to(device)

@@ -1,0 +1,128 @@
+"""HFLocalEmbeddings on an encoder checkpoint laid out as sentence-transformers writes it (BERT, CLS pooling).
+
+Most embedding models on the Hugging Face hub (all-MiniLM, bge, e5, gte) are encoders without a
+language-model head, packaged with sentence-transformers files. The reference is
+sentence-transformers itself on the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
+
+from langchain_localllm import HFLocalChatModel, HFLocalEmbeddings, ModelFormatError, model_cache_info
+
+from .conftest import MODELS
+from .test_embeddings_llamacpp import TEXTS, assert_close, cosine
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("sentence_transformers")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY_ENCODER = MODELS / "tiny-encoder"
+"""``scripts/make_tiny_encoder.py``: BertModel, CLS pooling, normalize, max_seq_length 64, e5 prompts."""
+LONG = "Roses and tulips in the shop window. " * 12  # well over the 64-token window
+
+
+@pytest.fixture(scope="module")
+def emb() -> HFLocalEmbeddings:
+    return HFLocalEmbeddings(model=str(TINY_ENCODER), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    return st.SentenceTransformer(str(TINY_ENCODER), device="cpu", local_files_only=True)
+
+
+def encode(model: Any, texts: list[str], prompt_name: str | None = None) -> list[list[float]]:
+    vectors: list[list[float]] = model.encode(texts, prompt_name=prompt_name, convert_to_numpy=True).tolist()
+    return vectors
+
+
+class TestEncoderEmbeddingsIntegration(EmbeddingsIntegrationTests):
+    @property
+    def embeddings_class(self) -> type[HFLocalEmbeddings]:
+        return HFLocalEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model": str(TINY_ENCODER), "device": "cpu"}
+
+
+def test_loads_as_the_bare_encoder_with_no_head(emb: HFLocalEmbeddings) -> None:
+    emb.embed_query("warm up")
+    with emb._backend().hold() as bundle:
+        assert type(bundle.model).__name__ == "BertModel"  # not BertLMHeadModel with a random head
+        assert not bundle.generative
+
+
+def test_documents_and_queries_equal_sentence_transformers_with_the_checkpoint_prompts(
+    emb: HFLocalEmbeddings, reference: Any
+) -> None:
+    # The checkpoint's prompts (config_sentence_transformers.json) apply as sentence-transformers'
+    # prompt_name="document" / "query" do.
+    assert_close(emb.embed_documents(TEXTS), encode(reference, TEXTS, "document"))
+    assert_close([emb.embed_query(t) for t in TEXTS[:3]], encode(reference, TEXTS[:3], "query"))
+    # ...and they matter: without the prefix the vectors differ.
+    bare = HFLocalEmbeddings(model=str(TINY_ENCODER), device="cpu", document_instruction="").embed_documents(TEXTS)
+    assert_close(bare, encode(reference, TEXTS))
+    prefixed = encode(reference, TEXTS, "document")
+    assert min(cosine(a, b) for a, b in zip(bare, prefixed, strict=True)) < 0.99
+
+
+def test_batched_equals_one_by_one_under_right_padding(emb: HFLocalEmbeddings) -> None:
+    # Bidirectional attention: a padded batch is only right if the padding is masked.
+    one_by_one = HFLocalEmbeddings(model=str(TINY_ENCODER), device="cpu", batch_size=1)
+    assert_close(emb.embed_documents([*TEXTS, LONG]), one_by_one.embed_documents([*TEXTS, LONG]))
+
+
+def test_truncated_to_max_seq_length_as_sentence_transformers(emb: HFLocalEmbeddings, reference: Any) -> None:
+    assert reference.max_seq_length == 64
+    assert_close(emb.embed_documents([LONG]), encode(reference, [LONG], "document"))
+    assert_close(emb.embed_documents([LONG]), emb.embed_documents([LONG + " and a different ending that is cut off"]))
+
+
+def test_chat_on_an_encoder_is_a_clear_error() -> None:
+    chat = HFLocalChatModel(model=str(TINY_ENCODER), device="cpu")
+    with pytest.raises(ModelFormatError, match="HFLocalEmbeddings"):
+        chat.invoke("hello")
+    with pytest.raises(ModelFormatError, match="encoder"):
+        chat.batch(["a", "b"])
+
+
+def test_chat_and_embeddings_share_the_load(emb: HFLocalEmbeddings) -> None:
+    emb.embed_query("x")
+    before = model_cache_info().loads
+    HFLocalEmbeddings(model=str(TINY_ENCODER), device="cpu", batch_size=3).embed_query("y")
+    assert model_cache_info().loads == before
+
+
+def pooling_copy(root: Path, mode: object, *, include_prompt: bool) -> Path:
+    """The fixture with its Pooling module set to ``mode`` and ``include_prompt`` (sentence-transformers 5+ form)."""
+    root.mkdir()
+    for f in TINY_ENCODER.iterdir():
+        if f.name != "1_Pooling":
+            (root / f.name).symlink_to(f)
+    (root / "1_Pooling").mkdir()
+    config = {"embedding_dimension": 32, "pooling_mode": mode, "include_prompt": include_prompt}
+    (root / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "lasttoken", ["max"]])
+def test_include_prompt_false_leaves_the_prefix_out_of_the_pool(tmp_path: Path, mode: object) -> None:
+    # INSTRUCTOR-style checkpoints: the instruction is attended to but not pooled.
+    path = pooling_copy(tmp_path / "excluded", mode, include_prompt=False)
+    reference = st.SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    ours = HFLocalEmbeddings(model=str(path), device="cpu")
+    assert_close(ours.embed_documents(TEXTS), encode(reference, TEXTS, "document"))
+    assert_close([ours.embed_query(t) for t in TEXTS[:2]], encode(reference, TEXTS[:2], "query"))
+    if mode in ("mean", "cls"):  # there, pooling the prompt too gives other vectors
+        path = pooling_copy(tmp_path / "included", mode, include_prompt=True)
+        included = HFLocalEmbeddings(model=str(path), device="cpu").embed_documents(TEXTS)
+        excluded = ours.embed_documents(TEXTS)
+        assert min(cosine(a, b) for a, b in zip(excluded, included, strict=True)) < 0.99
