@@ -238,3 +238,26 @@ def test_unloaded_between_batches_is_a_typed_error() -> None:
     emb.unload()
     with pytest.raises(GenerationError, match="unloaded"):
         next(batches)
+
+
+def test_instances_with_other_batch_sizes_share_one_embedding_context() -> None:
+    # Same load fields, so one loaded model; the embedding context made for 8 sequences serves a
+    # batch_size=1 instance too (it used to be rebuilt on every alternation), still one text a decode.
+    eight = LocalGGMLEmbeddings(model_path=str(TINY_GGUF), n_ctx=N_CTX, batch_size=8)
+    one = LocalGGMLEmbeddings(model_path=str(TINY_GGUF), n_ctx=N_CTX, batch_size=1)
+    first = eight.embed_documents(TEXTS)
+    backend = one._backend()
+    with backend.hold() as model:
+        contexts = list(model.embedders.values())
+    assert_close(one.embed_documents(TEXTS), first)
+    from langchain_localllm._core.backend import EmbedRequest
+
+    sizes = [
+        len(indices)
+        for indices, _ in backend._embed_batches(backend.stepper(), EmbedRequest(texts=TEXTS, batch_size=1))
+    ]
+    assert sizes == [1] * len(TEXTS)
+    assert_close(eight.embed_documents(TEXTS), first)
+    with backend.hold() as model:
+        assert list(model.embedders.values()) == contexts
+        assert len(contexts) == 1

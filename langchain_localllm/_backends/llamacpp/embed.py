@@ -205,13 +205,15 @@ def embedder(model: LlamaModel, pooling: str, n_seq: int, n_batch: int) -> Embed
     llama_cpp = llama_cpp_module()
     internals: Any = __import__("llama_cpp._internals", fromlist=["LlamaContext"])
     n_seq = max(1, min(n_seq, int(llama_cpp.llama_max_parallel_sequences())))
-    key = (pooling, n_seq, n_batch)
-    found = model.embedders.get(key)
-    if isinstance(found, Embedder):
-        return found
-    for old in model.embedders.values():  # one embedding context per model: another shape replaces it
+    for (made_pooling, made_seq, made_batch), found in model.embedders.items():
+        # One embedding context per model. A context for more sequences serves fewer (two
+        # instances with different batch_size on one model must not rebuild it every call).
+        if (made_pooling, made_batch) == (pooling, n_batch) and made_seq >= n_seq and isinstance(found, Embedder):
+            return found
+    for old in model.embedders.values():  # another shape replaces it
         old.close()
     model.embedders.clear()
+    key = (pooling, n_seq, n_batch)
     # Multiples of n_seq: llama.cpp reserves its graph with n_ubatch split evenly over the
     # sequences, and aborts (GGML_ASSERT in ggml_can_mul_mat) when they do not divide it.
     n_ctx = _round_up(max(model.n_ctx, n_batch), n_seq)
@@ -326,7 +328,8 @@ def embed_batches(
     todo = [i for i, t in enumerate(tokens) if t]
     if empty:
         yield empty, [[0.0] * made.n_embd for _ in empty]
-    for batch in plan_batches([len(tokens[i]) for i in todo], made.n_ubatch, made.n_seq):
+    n_seq = min(made.n_seq, request.batch_size)  # a shared context may hold more sequences
+    for batch in plan_batches([len(tokens[i]) for i in todo], made.n_ubatch, n_seq):
         indices = [todo[k] for k in batch]
         with step() as model:
             made = embedder(model, pooling, request.batch_size, n_batch)
