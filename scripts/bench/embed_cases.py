@@ -85,6 +85,9 @@ def case_embed_gguf(gguf: Path, repeats: int) -> Comparison:
         )
         peer = LlamaCppEmbeddings(model_path=str(gguf), client=client)
         sides["langchain-community LlamaCppEmbeddings"] = _side(peer.embed_documents, texts)
+        # The hardware's ceiling for batching: llama-cpp-python itself, one text per call
+        # (LlamaCppEmbeddings above is its batched Llama.embed).
+        sides["raw llama-cpp-python, one text per embed()"] = _side(lambda ts: [client.embed(t) for t in ts], texts)
     stats = interleave(sides, repeats=repeats)
     comp.sides.extend(stats.values())
     base = stats["ours (batched)"].median
@@ -92,6 +95,11 @@ def case_embed_gguf(gguf: Path, repeats: int) -> Comparison:
     peer_stats = stats.get("langchain-community LlamaCppEmbeddings")
     if peer_stats is not None:
         comp.goals.append(Goal("LlamaCppEmbeddings / ours", peer_stats.median / base, 3.0))
+        raw_one = stats["raw llama-cpp-python, one text per embed()"].median
+        comp.notes.append(
+            f"ceiling: raw llama-cpp-python one text per call / its batched embed = {raw_one / peer_stats.median:.2f}x "
+            "(what batching can give on this machine; information, no goal)"
+        )
     comp.notes.append(f"ours: {n_tokens / base:.0f} tokens/s")
     short = [" ".join(t.split()[:6]) for t in texts]
     short_stats = interleave(
@@ -153,6 +161,9 @@ def case_embed_hf(hf: Path, repeats: int) -> Comparison:
             model_name=str(hf), model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
         )
         sides["langchain-huggingface HuggingFaceEmbeddings"] = _side(peer.embed_documents, texts)
+    raw = _RawHF(hf)
+    sides["raw transformers, 32 a forward"] = _side(lambda ts: raw.embed(ts, 32), texts)
+    sides["raw transformers, one text a forward"] = _side(lambda ts: raw.embed(ts, 1), texts)
     stats = interleave(sides, repeats=repeats)
     comp.sides.extend(stats.values())
     base = stats["ours (batched)"].median
@@ -160,4 +171,40 @@ def case_embed_hf(hf: Path, repeats: int) -> Comparison:
     peer_stats = stats.get("langchain-huggingface HuggingFaceEmbeddings")
     if peer_stats is not None:
         comp.goals.append(Goal("HuggingFaceEmbeddings / ours", peer_stats.median / base, 1.0))
+    ceiling = stats["raw transformers, one text a forward"].median / stats["raw transformers, 32 a forward"].median
+    comp.notes.append(
+        f"ceiling: raw transformers one text a forward / 32 a forward (length-sorted) = {ceiling:.2f}x "
+        "(what batching can give on this machine; information, no goal)"
+    )
     return comp
+
+
+class _RawHF:
+    """transformers by hand: the base model, length-sorted right-padded batches, mean pool, normalize."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+        import transformers
+
+        self.torch = torch
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+        self.model = transformers.AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
+
+    def embed(self, texts: list[str], batch_size: int) -> list[list[float]]:
+        torch = self.torch
+        rows = self.tokenizer(texts)["input_ids"]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+        out: list[list[float]] = [[] for _ in texts]
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                width = max(len(rows[i]) for i in chunk)
+                ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in chunk])
+                mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in chunk])
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=1)
+                for i, vector in zip(chunk, pooled.tolist(), strict=True):
+                    out[i] = vector
+        return out
