@@ -8,11 +8,11 @@ with the same load settings share one loaded copy of the weights. See docs/embed
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_localllm._backends.llamacpp.backend import LlamaCppBackend
 from langchain_localllm._backends.llamacpp.settings import LLAMA_KWARGS_SET_BY_PACKAGE, LlamaCppLoadFields, LoadSettings
@@ -183,13 +183,43 @@ class HFLocalEmbeddings(HFLoadFields, _LocalEmbeddings):
     _provider: ClassVar[str] = TransformersBackend.provider
     _model_kwargs_target: ClassVar[str] = "from_pretrained"
     _model_kwargs_set_by_package: ClassVar[Mapping[str, str]] = HF_KWARGS_SET_BY_PACKAGE
+    _objects: tuple[Any, Any] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_model_and_tokenizer(cls, model: Any, tokenizer: Any, /, **kwargs: Any) -> HFLocalEmbeddings:
+        """Embed with an already loaded transformers model (an encoder or a causal LM) and its tokenizer.
+
+        As ``HFLocalChatModel.from_model_and_tokenizer``: the objects are registered in the
+        process-wide cache by identity (a chat model made from the same pair shares them),
+        nothing is copied or moved. Without a checkpoint directory there are no
+        sentence-transformers files: pooling is ``mean`` unless the ``pooling`` field says
+        otherwise, and there are no default instruction prefixes.
+
+        Example:
+            .. code-block:: python
+
+                from transformers import AutoModel, AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained("BAAI/bge-small-en-v1.5")
+                encoder = AutoModel.from_pretrained("BAAI/bge-small-en-v1.5")
+                embeddings = HFLocalEmbeddings.from_model_and_tokenizer(encoder, tok, pooling="cls")
+        """
+        if not callable(model) or getattr(model, "config", None) is None or not callable(tokenizer):
+            msg = "from_model_and_tokenizer needs a transformers model (with a config) and its tokenizer"
+            raise InvalidParameterError(msg)
+        name = kwargs.pop("model", None) or getattr(model, "name_or_path", None) or "in-memory-model"
+        kwargs.pop("load_on_init", None)
+        instance = cls(model=str(name), **kwargs)
+        instance._objects = (model, tokenizer)
+        instance.load()  # registers the objects in the process-wide cache
+        return instance
 
     def _load_settings(self) -> LoadSpec:
         return LoadSpec.of(self)
 
     def _new_backend(self, settings: Settings) -> TransformersBackend:
         assert isinstance(settings, LoadSpec)  # noqa: S101 - made by _load_settings
-        return TransformersBackend(settings)
+        return TransformersBackend(settings, self._objects)
 
     def _instruction(self, kind: Literal["query", "document"]) -> str:
         value = self.query_instruction if kind == "query" else self.document_instruction

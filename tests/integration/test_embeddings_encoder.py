@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 
-from langchain_localllm import HFLocalChatModel, HFLocalEmbeddings, ModelFormatError, model_cache_info
+from langchain_localllm import (
+    HFLocalChatModel,
+    HFLocalEmbeddings,
+    InvalidParameterError,
+    ModelFormatError,
+    model_cache_info,
+)
 
 from .conftest import MODELS
 from .test_embeddings_llamacpp import TEXTS, assert_close, cosine
@@ -126,3 +132,24 @@ def test_include_prompt_false_leaves_the_prefix_out_of_the_pool(tmp_path: Path, 
         included = HFLocalEmbeddings(model=str(path), device="cpu").embed_documents(TEXTS)
         excluded = ours.embed_documents(TEXTS)
         assert min(cosine(a, b) for a, b in zip(excluded, included, strict=True)) < 0.99
+
+
+def test_from_model_and_tokenizer_embeds_with_the_objects_given() -> None:
+    transformers = pytest.importorskip("transformers")
+    encoder = transformers.AutoModel.from_pretrained(str(TINY_ENCODER), dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(TINY_ENCODER))
+    before = model_cache_info().loads
+    wrapped = HFLocalEmbeddings.from_model_and_tokenizer(encoder, tokenizer, pooling="cls")
+    assert wrapped.model == str(TINY_ENCODER)  # the objects' name_or_path
+    # No sentence-transformers files come with objects: no prefixes, the pooling field decides,
+    # and the window is the model's (texts here fit the checkpoint's 64-token max_seq_length too).
+    short = ["Roses are red.", "玫瑰是什么类型的花？", "x", "A bouquet of roses 💐"]
+    by_path = HFLocalEmbeddings(model=str(TINY_ENCODER), device="cpu", document_instruction="")
+    assert_close(wrapped.embed_documents(short), by_path.embed_documents(short))
+    with wrapped._backend().hold() as bundle:
+        assert bundle.model is encoder
+    again = HFLocalEmbeddings.from_model_and_tokenizer(encoder, tokenizer)
+    assert model_cache_info().loads - before == 2
+    assert again.embed_query("x") != wrapped.embed_query("x")  # mean vs cls pooling on one copy
+    with pytest.raises(InvalidParameterError, match="transformers model"):
+        HFLocalEmbeddings.from_model_and_tokenizer("not a model", tokenizer)
