@@ -56,6 +56,7 @@ fixtures: venv
 	$(PY) scripts/make_bad_fixtures.py
 	$(PY) scripts/make_tiny_t5.py
 	$(PY) scripts/make_tiny_encoder.py
+	$(PY) scripts/export_bert_gguf.py tests/fixtures/models/tiny-encoder tests/fixtures/models/tiny-encoder.gguf
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,16 +35,20 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL = [PAD, UNK, CLS, SEP, MASK]  # ids 0-4
 MAX_SEQ_LENGTH = 64
 PROMPTS = {"query": "query: ", "document": "passage: "}
+MERGES = [("Ġ", "t"), ("h", "e"), ("r", "o")]
+"""A few merges, so the tokenizer is a real BPE (llama.cpp refuses a BPE vocabulary without merges)."""
 
 
 def build_tokenizer() -> Any:
-    """A byte-level tokenizer without merges (any Unicode text round-trips), ``[CLS] $A [SEP]``."""
+    """A byte-level tokenizer with three merges (any Unicode text round-trips), ``[CLS] $A [SEP]``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL)}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    for a, b in MERGES:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=MERGES, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL)

@@ -1,4 +1,4 @@
-"""HFLocalEmbeddings on an encoder checkpoint laid out as sentence-transformers writes it (BERT, CLS pooling).
+"""Embeddings on an encoder (BERT, CLS pooling): the sentence-transformers checkpoint and its GGUF export.
 
 Most embedding models on the Hugging Face hub (all-MiniLM, bge, e5, gte) are encoders without a
 language-model head, packaged with sentence-transformers files. The reference is
@@ -15,12 +15,17 @@ import pytest
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 
 from langchain_localllm import (
+    ContextWindowExceededError,
     HFLocalChatModel,
     HFLocalEmbeddings,
     InvalidParameterError,
+    LocalGGMLChatModel,
+    LocalGGMLEmbeddings,
+    LocalGGMLLLM,
     ModelFormatError,
     model_cache_info,
 )
+from langchain_localllm._backends.llamacpp.embed import file_pooling
 
 from .conftest import MODELS
 from .test_embeddings_llamacpp import TEXTS, assert_close, cosine
@@ -153,3 +158,74 @@ def test_from_model_and_tokenizer_embeds_with_the_objects_given() -> None:
     assert again.embed_query("x") != wrapped.embed_query("x")  # mean vs cls pooling on one copy
     with pytest.raises(InvalidParameterError, match="transformers model"):
         HFLocalEmbeddings.from_model_and_tokenizer("not a model", tokenizer)
+
+
+# -- the same encoder as a GGUF (scripts/export_bert_gguf.py): llama.cpp's ``bert`` architecture ------
+
+TINY_ENCODER_GGUF = MODELS / "tiny-encoder.gguf"
+SHORT = ["Roses are red.", "玫瑰是什么类型的花？", "x", "A bouquet of roses 💐", "the rose, the hero"]
+
+
+@pytest.fixture(scope="module")
+def gguf_emb() -> LocalGGMLEmbeddings:
+    return LocalGGMLEmbeddings(model_path=str(TINY_ENCODER_GGUF))
+
+
+class TestEncoderGGUFEmbeddingsIntegration(EmbeddingsIntegrationTests):
+    @property
+    def embeddings_class(self) -> type[LocalGGMLEmbeddings]:
+        return LocalGGMLEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model_path": str(TINY_ENCODER_GGUF)}
+
+
+def test_gguf_encoder_equals_sentence_transformers_on_its_hf_twin(
+    gguf_emb: LocalGGMLEmbeddings, reference: Any
+) -> None:
+    # CLS pooling from the file (bert.pooling_type), [CLS]/[SEP] added by llama.cpp's tokenizer,
+    # bidirectional attention: the vectors of sentence-transformers on the checkpoint it came from.
+    with gguf_emb._backend().hold() as model:
+        assert file_pooling(model) == "cls"
+    assert_close(gguf_emb.embed_documents(SHORT), encode(reference, SHORT))
+    e5 = LocalGGMLEmbeddings(
+        model_path=str(TINY_ENCODER_GGUF), query_instruction="query: ", document_instruction="passage: "
+    )
+    assert_close(e5.embed_documents(SHORT), encode(reference, SHORT, "document"))
+    assert_close([e5.embed_query(t) for t in SHORT[:2]], encode(reference, SHORT[:2], "query"))
+
+
+def test_gguf_encoder_batched_equals_one_by_one(gguf_emb: LocalGGMLEmbeddings) -> None:
+    # Several sequences in one decode of a non-causal model: each must attend to itself only.
+    one = LocalGGMLEmbeddings(model_path=str(TINY_ENCODER_GGUF), batch_size=1)
+    texts = [*SHORT, LONG, *TEXTS]
+    assert_close(gguf_emb.embed_documents(texts), one.embed_documents(texts))
+
+
+def test_gguf_encoder_truncation_keeps_the_closing_sep(gguf_emb: LocalGGMLEmbeddings) -> None:
+    # The window is the trained context (128 positions). Cut, the text keeps [SEP] last, as the HF
+    # tokenizers truncate: equal to the text whose first 126 tokens it keeps ("x" is one token each).
+    long_x = "x" * 300
+    assert_close(gguf_emb.embed_documents([long_x]), gguf_emb.embed_documents(["x" * 126]))
+    strict = LocalGGMLEmbeddings(model_path=str(TINY_ENCODER_GGUF), truncate=False)
+    with pytest.raises(ContextWindowExceededError, match="128-token window"):
+        strict.embed_documents(["ok", long_x])
+
+
+@pytest.mark.parametrize("cls", [LocalGGMLChatModel, LocalGGMLLLM])
+def test_generating_with_a_gguf_encoder_is_a_clear_error_not_garbage(cls: type[Any]) -> None:
+    # llama.cpp would decode it and sample text from a graph without an LM head.
+    # The encoder check comes first: before "no chat template", and with one given.
+    for model in (
+        cls(model_path=str(TINY_ENCODER_GGUF), max_tokens=4),
+        cls(
+            model_path=str(TINY_ENCODER_GGUF),
+            max_tokens=4,
+            **({"chat_template": "{{ messages[0].content }}"} if cls is LocalGGMLChatModel else {}),
+        ),
+    ):
+        with pytest.raises(ModelFormatError, match="LocalGGMLEmbeddings"):
+            model.invoke("hello")
+        with pytest.raises(ModelFormatError, match="encoder"):
+            list(model.stream("hello"))

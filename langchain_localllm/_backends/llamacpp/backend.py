@@ -22,6 +22,7 @@ from langchain_localllm._backends.llamacpp.load import (
     llama_cpp_module,
     load_llama,
     native_logger,
+    require_generative,
     tokenize,
     tokenize_prompt,
     with_bos,
@@ -132,6 +133,7 @@ class LlamaCppBackend(PullBackend[LlamaModel, Sampling]):
         return override or model.info.chat_template
 
     def _render(self, model: LlamaModel, prompt: Prompt) -> list[int]:
+        require_generative(model)
         if not isinstance(prompt, ChatPrompt):
             return tokenize_prompt(model, prompt.text)
         template = self._template(model, prompt.chat_template)

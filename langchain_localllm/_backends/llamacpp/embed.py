@@ -269,11 +269,14 @@ def text_tokens(model: LlamaModel, text: str) -> list[int]:
     return tokens
 
 
-def _fit(tokens: list[int], window: int, *, truncate: bool, index: int) -> list[int]:
+def _fit(tokens: list[int], window: int, *, truncate: bool, index: int, closing: int | None = None) -> list[int]:
+    """``tokens`` within ``window``; a ``closing`` token the vocabulary adds (BERT's ``[SEP]``) stays last."""
     if len(tokens) <= window:
         return tokens
     if truncate:
         logger.debug("text %d has %d tokens: truncated to the %d-token window", index, len(tokens), window)
+        if closing is not None and tokens[-1] == closing and window > 1:
+            return [*tokens[: window - 1], closing]  # as the HF tokenizers' truncation does
         return tokens[:window]
     msg = (
         f"text {index} has {len(tokens)} tokens, more than the {window}-token window; shorten it, "
@@ -320,8 +323,9 @@ def embed_batches(
         pooling = resolve_pooling(model, request.pooling)
         made = embedder(model, pooling, request.batch_size, n_batch)
         window = model.n_ctx
+        closing = model.info.eos_token_id if model.info.add_eos_token else None
         tokens = [
-            _fit(text_tokens(model, request.prefix + text), window, truncate=request.truncate, index=i)
+            _fit(text_tokens(model, request.prefix + text), window, truncate=request.truncate, index=i, closing=closing)
             for i, text in enumerate(request.texts)
         ]
     empty = [i for i, t in enumerate(tokens) if not t]  # no BOS and no text: nothing to pool

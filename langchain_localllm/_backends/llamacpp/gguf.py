@@ -65,6 +65,8 @@ class GGUFInfo:
         bos_token_id: ``tokenizer.ggml.bos_token_id`` if present.
         eos_token_id: ``tokenizer.ggml.eos_token_id`` if present.
         add_bos_token: ``tokenizer.ggml.add_bos_token`` if present.
+        add_eos_token: ``tokenizer.ggml.add_eos_token`` if present (BERT-like vocabularies close
+            every text with ``[SEP]``).
         tensor_count: Number of tensors in the file.
         n_layer: ``<arch>.block_count``, checked against the ``blk.N`` tensors.
         n_embd: ``<arch>.embedding_length``.
@@ -74,6 +76,8 @@ class GGUFInfo:
         typed_control_ids: The tokens ``tokenizer.ggml.token_type`` marks CONTROL or UNKNOWN, in
             id order (empty without that array, or past :data:`MAX_TYPED_CONTROL` of them).
             llama.cpp retypes a few tokens by their text, so this is a hint, not the answer.
+        causal: False for an encoder (``<arch>.attention.causal`` false, or an encoder
+            architecture such as ``bert``): it embeds, it has no language-model head to generate with.
     """
 
     path: Path
@@ -91,6 +95,8 @@ class GGUFInfo:
     n_head_kv: int | None = None
     n_vocab: int | None = None
     typed_control_ids: tuple[int, ...] = ()
+    add_eos_token: bool | None = None
+    causal: bool = True
 
 
 def sniff_format(path: Path) -> str:
@@ -196,7 +202,15 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         n_head_kv=hyper.get("attention.head_count_kv"),
         n_vocab=n_vocab,
         typed_control_ids=_typed_control_ids(path, header, n_vocab),
+        add_eos_token=_opt_bool(values.get("tokenizer.ggml.add_eos_token")),
+        causal=_opt_bool(values.get(f"{arch}.attention.causal")) is not False and arch not in ENCODER_ARCHITECTURES,
     )
+
+
+ENCODER_ARCHITECTURES = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "modern-bert", "t5encoder"}
+)
+"""llama.cpp architectures with bidirectional attention and no LM head (embedding models)."""
 
 
 _TOKEN_TYPE_UNKNOWN = 2

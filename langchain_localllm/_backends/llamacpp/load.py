@@ -24,9 +24,18 @@ from langchain_localllm._backends.llamacpp.kv import KVState
 from langchain_localllm._backends.llamacpp.settings import LoadSettings, check_llama_parameters
 from langchain_localllm._core.imports import import_optional
 from langchain_localllm._core.literal import ControlTokens
-from langchain_localllm.errors import InvalidParameterError, ModelLoadError
+from langchain_localllm.errors import InvalidParameterError, ModelFormatError, ModelLoadError
 
-__all__ = ["LlamaModel", "llama_cpp_module", "load_llama", "native_logger", "tokenize", "tokenize_prompt", "with_bos"]
+__all__ = [
+    "LlamaModel",
+    "llama_cpp_module",
+    "load_llama",
+    "native_logger",
+    "require_generative",
+    "tokenize",
+    "tokenize_prompt",
+    "with_bos",
+]
 
 logger = logging.getLogger("langchain_localllm")
 native_logger = logging.getLogger("langchain_localllm.llama_cpp")
@@ -212,6 +221,24 @@ def load_llama(path: Path, settings: LoadSettings) -> LlamaModel:
         controls=controls,
         reuse_align=_reuse_align(settings, int(llama_cpp.llama_n_ubatch(llama.ctx))),
     )
+
+
+def require_generative(model: LlamaModel) -> None:
+    """Refuse to generate with an encoder GGUF (BERT-like), naming what to use instead.
+
+    llama.cpp would decode it and sample from whatever the graph outputs: text, but garbage.
+
+    Raises:
+        ModelFormatError: The model has bidirectional attention and no language-model head.
+    """
+    info = model.info
+    if not info.causal:
+        msg = (
+            f"{info.path} is an encoder embedding model (architecture {info.architecture!r}, non-causal "
+            "attention, no language-model head): it can embed text but not generate it. Use "
+            "LocalGGMLEmbeddings for it, or a chat/instruct GGUF to generate."
+        )
+        raise ModelFormatError(msg)
 
 
 def usable_context(llama: Any) -> int:
