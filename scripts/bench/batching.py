@@ -509,4 +509,7 @@ def case_greedy_match(gguf: Path) -> Comparison:
 def _token_ids(llm: LocalGGMLLLM, text_or_prompt: str, *, prompt: str | None = None) -> list[int]:
     """The answer's tokens (``prompt`` given: ``text_or_prompt`` is the answer; else it is generated)."""
     text = llm.invoke(text_or_prompt) if prompt is None else text_or_prompt
-    return llm.get_token_ids(text)
+    # The model's own tokenizer: LangChain's get_token_ids would fall back to GPT-2's (downloaded).
+    with llm._backend().hold() as loaded:
+        ids: list[int] = loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    return ids
