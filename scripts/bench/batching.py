@@ -7,6 +7,17 @@ load setting) and run interleaved:
 * 8 concurrent ``ainvoke``: gathered on ``max_parallel=8`` vs 8 awaited one after another on ``1``;
 * one request alone (decode tokens/s and time to first token): ``max_parallel=8`` vs ``1``.
 
+11b-11e (``--only 11b,11c,11d,11e``):
+
+* 11b: aggregate tokens/s and p50/p99 time to first token at 1, 2, 4, 8, 16 concurrent ``astream``
+  calls on one ``max_parallel=16`` model (llama.cpp; transformers once ``HFLocalChatModel`` has
+  ``max_parallel``);
+* 11c: with a busy-loop process on core 0, a batch of 16 and 8 concurrent calls vs sequential,
+  under three llama.cpp thread policies (and transformers when available);
+* 11d: the time to first token of a request arriving while 7 others decode, against its own
+  prefill alone plus two decode steps measured under the 7;
+* 11e: how many of 16 batched greedy answers equal their sequential answers token for token.
+
     python -m scripts.bench.run --only 11 --quick          # from the repo root
     python -m scripts.bench.batching [--gguf FILE] [--parallel 4,8,16]   # the default-choice sweep
 """
