@@ -189,6 +189,10 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         ("7", lambda: gguf_cases.case_callbacks_async(gguf, repeats, n_new)),
         ("9", lambda: gguf_cases.case_grammar_cost(gguf, repeats, n_new)),
         ("11", lambda: batching.case_batching(gguf, repeats, quick=quick)),
+        ("11b", lambda: batching.case_concurrency(gguf, hf, repeats, quick=quick)),
+        ("11c", lambda: batching.case_contention(gguf, hf, repeats, quick=quick)),
+        ("11d", lambda: batching.case_late_arrival(gguf, repeats, quick=quick)),
+        ("11e", lambda: batching.case_greedy_match(gguf)),
         ("14a", lambda: embed_cases.case_embed_gguf(gguf, 3 if quick else repeats)),
     ]
     try:

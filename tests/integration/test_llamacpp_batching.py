@@ -26,7 +26,10 @@ from langchain_localllm import (
     LocalGGMLChatModel,
     LocalGGMLLLM,
     clear_model_cache,
+    model_cache_info,
+    set_model_cache_size,
 )
+from langchain_localllm._backends.llamacpp import scheduler as scheduler_module
 from langchain_localllm._backends.llamacpp.scheduler import Scheduler
 
 from .conftest import POEM_Q, ROSE_Q, SINGLE, TINY_GGUF, bridge_threads, chat_answer, scheduler_threads
@@ -369,3 +372,50 @@ def test_max_parallel_one_keeps_the_step_wise_path() -> None:
         assert loaded.scheduler is None
         assert loaded.batch is None
     assert scheduler_threads() == []
+
+
+# -- the worker's lifetime --------------------------------------------------------------------
+
+
+def test_an_idle_worker_ends_and_the_next_call_starts_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "IDLE_SECONDS", 0.1)
+    chat = _chat()
+    assert chat.invoke(ROSE_Q).content == chat_answer(ROSE_Q)
+    scheduler = _scheduler(chat)
+    first = scheduler.thread()
+    assert first is not None
+    assert _wait(lambda: not first.is_alive())
+    assert scheduler_threads() == []  # nothing keeps a thread for an idle model
+    assert [m.content for m in chat.batch(_prompts(4))] == [chat_answer(p) for p in _prompts(4)]
+    assert _scheduler(chat) is scheduler  # the same scheduler, a new worker
+    assert scheduler.thread() not in {None, first}
+
+
+def test_an_evicted_model_frees_its_batch_context_and_worker_when_collected() -> None:
+    set_model_cache_size(1)
+    try:
+        chat = _chat()
+        assert chat.invoke(ROSE_Q).content == chat_answer(ROSE_Q)
+        scheduler = _scheduler(chat)
+        with chat._backend().hold() as loaded:
+            batch = loaded.batch
+        worker = scheduler.thread()
+        assert worker is not None
+        assert worker.is_alive()
+        evictions = model_cache_info().evictions
+        other = _llm(max_parallel=2, max_tokens=4)  # another load key: the cache (bound 1) evicts the chat model
+        other.invoke(ROSE_Q)
+        assert model_cache_info().evictions == evictions + 1
+        del chat, loaded
+        gc.collect()
+        assert _wait(lambda: not worker.is_alive())  # joined when the model was collected, not left idling
+        assert batch.ctx is None  # its multi-sequence context was freed
+        assert len(scheduler_threads()) == 1  # the other model's worker only
+        with pytest.raises(GenerationError, match="unloaded"):
+            scheduler.submit(
+                scheduler_module.Job(
+                    prompt=[1], sampler=None, budget=1, stops=(), sink=lambda _: None, pieces={}, eog=()
+                )
+            )
+    finally:
+        set_model_cache_size(4)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
+from langchain_localllm._backends.llamacpp import scheduler as scheduler_module
 from langchain_localllm._backends.llamacpp.batchctx import (
     Decode,
     Prefill,
@@ -113,12 +115,33 @@ class FakeContext:
         self.gate = threading.Event()
         self.gate.set()
         self._outputs: list[int] = []
+        self.closed = 0
+        self.fail_next: BaseException | int | None = None
+        """Raise this (an exception) or return this (a status) from the next decode of ``fail_width`` segments or more."""
+        self.fail_width = 0
+        self.cell_limit: int | None = None
+        """Report a full KV cache (status 1) when a decode would hold more cells than this."""
+
+    def close(self) -> None:
+        self.closed += 1
+        self.ctx = None
 
     def decode(self, segments: Sequence[Segment]) -> int:
         self.gate.wait(10)
+        failure = None
+        if len(segments) >= self.fail_width:
+            failure, self.fail_next = self.fail_next, None
+        if isinstance(failure, BaseException):
+            raise failure
+        if failure is not None:
+            return failure
         n = sum(len(s.tokens) for s in segments)
         if self.full_above is not None and n > self.full_above:
             return 1
+        if self.cell_limit is not None:
+            after = dict(self.kv) | {s.seq: s.pos + len(s.tokens) for s in segments}
+            if sum(after.values()) > self.cell_limit:
+                return 1
         self.batches.append(list(segments))
         rows, i = [], 0
         for s in segments:
@@ -282,3 +305,223 @@ def test_stop_fails_every_queued_job_and_refuses_new_ones() -> None:
     with pytest.raises(GenerationError, match="unloaded"):
         scheduler.submit(_job([3], [])[0])
     assert scheduler.thread() is None or not scheduler.thread().is_alive()
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return condition()
+
+
+# -- the worker's lifetime --------------------------------------------------------------------------
+
+
+def test_an_idle_worker_ends_and_the_next_request_starts_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "IDLE_SECONDS", 0.05)
+    ctx = FakeContext(slots=2)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    a, qa = _job([1, 2, 3, 4, 5], [10, EOS])
+    scheduler.submit(a)
+    first = scheduler.thread()
+    assert first is not None
+    assert _collect(qa)[0] == "<10>"
+    assert _wait(lambda: not first.is_alive())  # nothing to do for IDLE_SECONDS: it ended
+    assert scheduler.thread() is None
+    assert ctx.closed == 0  # an idle exit keeps the context (and the slots' cached prefixes)
+    assert ctx.kv == {0: 4}  # the prompt's aligned prefix is still cached for the next request
+    b, qb = _job([1, 2, 3, 4, 6], [11, 12, EOS])
+    scheduler.submit(b)
+    second = scheduler.thread()
+    assert second is not None
+    assert second is not first
+    assert _collect(qb)[0] == "<11><12>"
+    assert b.reused == 4  # the new worker reused the old one's cached prefix
+    scheduler.stop(free=True)
+    assert not second.is_alive()
+    assert ctx.closed == 1
+
+
+def test_requests_racing_idle_exits_are_all_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "IDLE_SECONDS", 0.001)
+    ctx = FakeContext(slots=2)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    workers: set[threading.Thread] = set()
+    for i in range(200):
+        job, items = _job([1 + i % 7], [10 + i % 50, EOS])
+        if i % 3 == 0:
+            time.sleep(0.002)  # let the worker reach its idle exit now and then
+        scheduler.submit(job)
+        thread = scheduler.thread()
+        if thread is not None:
+            workers.add(thread)
+        text, finish = _collect(items)
+        assert (text, finish.finish_reason) == (f"<{10 + i % 50}>", "stop")
+    assert len(workers) > 1  # the race was exercised: workers ended and were restarted
+    scheduler.stop(free=True)
+    assert ctx.closed == 1
+    assert _wait(lambda: not any(t.is_alive() for t in workers))
+
+
+def test_stop_with_free_after_an_idle_exit_closes_the_context_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "IDLE_SECONDS", 0.01)
+    ctx = FakeContext(slots=1)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    job, items = _job([1], [10, EOS])
+    scheduler.submit(job)
+    _collect(items)
+    worker = scheduler.thread()
+    assert worker is not None
+    assert _wait(lambda: not worker.is_alive())
+    scheduler.stop(free=True)
+    scheduler.stop(free=True)
+    assert ctx.closed == 1
+    with pytest.raises(GenerationError, match="unloaded"):
+        scheduler.submit(_job([2], [])[0])
+
+
+def test_a_stop_on_the_worker_itself_ends_it_after_the_step_and_frees_the_context() -> None:
+    """What a garbage collection of the model on the worker thread does (``LlamaModel.__del__``)."""
+    ctx = FakeContext(slots=2)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    ctx.gate.clear()
+    endless, q_endless = _job([1], [], budget=10**6)
+    stopper, q_stopper = _job([2], [20, 21, EOS])
+    inner = stopper.sink
+
+    def stop_from_the_worker(item: object) -> None:
+        inner(item)
+        if threading.current_thread() is scheduler.thread():
+            scheduler.stop("collected", free=True)
+
+    stopper.sink = stop_from_the_worker
+    scheduler.submit(endless)
+    scheduler.submit(stopper)
+    worker = scheduler.thread()
+    assert worker is not None
+    ctx.gate.set()
+    _text, error = _collect(q_endless)
+    assert isinstance(error, GenerationError)
+    assert "collected" in str(error)
+    assert _collect(q_stopper)[0] in {"<20>", "<20><21>"}  # its first piece stopped the worker
+    assert _wait(lambda: not worker.is_alive())
+    assert ctx.closed == 1
+    assert endless.sampler is None  # released with its slot
+
+
+class WorkerKilled(BaseException):
+    """Not an Exception: escapes the step's handler as an interpreter-level failure would."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_dies_fails_every_job_it_held_and_the_next_request_starts_a_new_one() -> None:
+    ctx = FakeContext(slots=1)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    ctx.gate.clear()
+    running, q_running = _job([1], [])
+    queued, q_queued = _job([2], [])
+    scheduler.submit(running)
+    scheduler.submit(queued)
+    worker = scheduler.thread()
+    assert worker is not None
+    ctx.fail_next = WorkerKilled("boom")
+    ctx.gate.set()
+    for items in (q_running, q_queued):
+        error = _collect(items)[1]
+        assert isinstance(error, GenerationError)
+    assert _wait(lambda: not worker.is_alive())
+    after, q_after = _job([3], [30, EOS])
+    scheduler.submit(after)
+    assert _collect(q_after)[0] == "<30>"
+    scheduler.stop()
+
+
+def test_atexit_stops_every_live_worker_and_fails_its_jobs() -> None:
+    ctx = FakeContext(slots=1)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    endless, items = _job([1], [], budget=10**6)
+    scheduler.submit(endless)
+    worker = scheduler.thread()
+    assert worker is not None
+    _wait(lambda: len(ctx.batches) > 3)
+    scheduler_module._stop_all()
+    assert not worker.is_alive()
+    _text, error = _collect(items)
+    assert isinstance(error, GenerationError)
+    assert "exiting" in str(error)
+
+
+# -- step failures ----------------------------------------------------------------------------------
+
+
+def test_an_exception_in_a_step_fails_that_steps_jobs_and_the_worker_goes_on() -> None:
+    ctx = FakeContext(slots=2)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    ctx.gate.clear()
+    a, qa = _job([1], [10, EOS])
+    b, qb = _job([2], [20, EOS])
+    scheduler.submit(a)
+    scheduler.submit(b)
+    worker = scheduler.thread()
+    ctx.fail_width = 2  # the first step that holds both jobs
+    ctx.fail_next = RuntimeError("native trouble")
+    ctx.gate.set()
+    for items in (qa, qb):
+        error = _collect(items)[1]
+        assert isinstance(error, GenerationError)
+        assert "native trouble" in str(error)
+    assert a.sampler is None
+    assert b.sampler is None
+    assert not ctx.kv  # the failed jobs' cells are unknown: dropped
+    c, qc = _job([3], [30, EOS])
+    scheduler.submit(c)
+    assert _collect(qc)[0] == "<30>"
+    assert scheduler.thread() is worker  # the same worker went on
+    scheduler.stop()
+
+
+def test_a_decode_error_status_fails_that_steps_jobs_with_the_status() -> None:
+    ctx = FakeContext(slots=1)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    ctx.fail_next = -3
+    a, qa = _job([1], [10, EOS])
+    scheduler.submit(a)
+    error = _collect(qa)[1]
+    assert isinstance(error, GenerationError)
+    assert "status -3" in str(error)
+    b, qb = _job([1], [11, EOS])
+    scheduler.submit(b)
+    assert _collect(qb)[0] == "<11>"
+    scheduler.stop()
+
+
+def test_a_full_kv_cache_drops_idle_slots_prefixes_before_failing_anyone() -> None:
+    ctx = FakeContext(slots=2)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    first, q_first = _job(list(range(1, 9)), [10, EOS])
+    scheduler.submit(first)
+    _collect(q_first)
+    assert ctx.kv == {0: 8}  # its aligned prompt stays cached in slot 0
+    ctx.cell_limit = 10  # room for one 8-token prompt and its answer, not two
+    second, q_second = _job(list(range(50, 58)), [20, 21, EOS])
+    scheduler.submit(second)
+    assert _collect(q_second)[0] == "<20><21>"
+    assert 0 not in ctx.kv  # the idle slot's prefix was dropped to make room
+    scheduler.stop()
+
+
+def test_a_kv_cache_too_small_for_one_request_fails_it_clearly_and_serves_the_next() -> None:
+    ctx = FakeContext(slots=1)
+    scheduler = Scheduler(ctx, align=4)  # type: ignore[arg-type]
+    ctx.cell_limit = 4
+    big, q_big = _job(list(range(1, 9)), [10, EOS])
+    scheduler.submit(big)
+    error = _collect(q_big)[1]
+    assert isinstance(error, GenerationError)
+    assert "lower max_parallel or raise n_ctx" in str(error)
+    small, q_small = _job([1, 2], [11, EOS])
+    scheduler.submit(small)
+    assert _collect(q_small)[0] == "<11>"
+    scheduler.stop()

@@ -144,6 +144,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._closed: str | None = None
         self._free_on_exit = False
+        self._freed = False
         self._out: list[tuple[Sink, object]] = []
         self._clock = 0
         self.steps = 0
@@ -189,7 +190,7 @@ class Scheduler:
         self._fail(jobs, self._stopped_error())
         self._flush()
         if self._free_on_exit:
-            self._ctx.close()
+            self._free_ctx()
 
     def idle(self) -> bool:
         """Whether no job is queued or running."""
@@ -215,17 +216,31 @@ class Scheduler:
             self._flush()
             raise
         finally:
+            # After an idle exit another worker may own the scheduler already (a submit right
+            # after it), so this one touches nothing on the way out: it holds no job, has
+            # nothing to flush, and a stop that frees the context joins the new worker.
             leftover: list[Job] = []
+            mine = False
             with self._cond:
                 if self._thread is threading.current_thread():  # not an idle exit (that cleared it)
+                    mine = True
                     self._thread = None
                     leftover = self._incoming + list(self._waiting) + self._running
                     self._incoming, self._running = [], []
                     self._waiting.clear()
-            self._fail(leftover, self._stopped_error())
-            self._flush()
-            if self._free_on_exit and self._closed is not None:
-                self._ctx.close()
+            if mine:
+                self._fail(leftover, self._stopped_error())
+                self._flush()
+                if self._free_on_exit and self._closed is not None:
+                    self._free_ctx()
+
+    def _free_ctx(self) -> None:
+        """Free the native context once (the worker at its exit and :meth:`stop` both may ask)."""
+        with self._cond:
+            if self._freed:
+                return
+            self._freed = True
+        self._ctx.close()
 
     def _stopped_error(self) -> GenerationError:
         if self._closed is not None:
