@@ -17,6 +17,7 @@ from langchain_localllm._backends.transformers.batch import BatchPlan
 from langchain_localllm._backends.transformers.load import context_window_on_disk
 from langchain_localllm._backends.transformers.settings import (
     HF_KWARGS_SET_BY_PACKAGE,
+    MAX_PARALLEL,
     HFLoadFields,
     HFSamplingFields,
     LoadSpec,
@@ -28,6 +29,7 @@ from langchain_localllm._core.settings import Settings, check_known
 from langchain_localllm._core.tools import ToolPlan
 from langchain_localllm.chat_models._base import LocalChatModel
 from langchain_localllm.chat_models._profile import local_profile
+from langchain_localllm.chat_models.llamacpp import MAX_BATCH_THREADS
 from langchain_localllm.errors import InvalidParameterError
 
 __all__ = ["HFLocalChatModel"]
@@ -76,7 +78,18 @@ class HFLocalChatModel(HFSamplingFields, HFLoadFields, LocalChatModel):
     tokenizer's template; a seq2seq model without one gets a plain-text prompt)."""
 
     batch_size: int = Field(default=8, ge=1)
-    """How many prompts ``batch()``/``abatch()`` put into one padded ``generate`` call. Default: 8."""
+    """How many prompts ``batch()``/``abatch()`` put into one padded ``generate`` call (with
+    ``max_parallel=1``). Default: 8."""
+
+    max_parallel: int = Field(default=1, ge=1, le=MAX_PARALLEL)
+    """How many generations on this model share decode steps (continuous batching). 1: today's
+    path, one ``generate`` call per request (``batch()`` padded in groups of ``batch_size``).
+    More: one scheduler thread per loaded model runs every call (``invoke``, ``stream``,
+    ``batch``, async, any thread) in shared forward passes over one merged KV cache, admitting
+    new requests between steps; the KV memory grows with the rows running at once (each row's
+    prompt + answer). Requests the step loop does not implement (``generate_kwargs``, seq2seq,
+    sliding-window or static caches) run alone. Not a load setting: instances with other values
+    share the weights. See docs/huggingface.md. Default: 1."""
 
     streaming: bool = False
     """Route ``invoke`` through the streaming path (LangChain's standard flag). Output is the
@@ -247,6 +260,10 @@ class HFLocalChatModel(HFSamplingFields, HFLoadFields, LocalChatModel):
         """
         if not inputs:
             return []
+        if self.max_parallel > 1:  # every input submitted at once: the scheduler batches them
+            if not isinstance(config, list) and (config is None or config.get("max_concurrency") is None):
+                config = RunnableConfig(**{**(config or {}), "max_concurrency": min(len(inputs), MAX_BATCH_THREADS)})
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
         stop = kwargs.pop("stop", None)
 
@@ -278,6 +295,8 @@ class HFLocalChatModel(HFSamplingFields, HFLoadFields, LocalChatModel):
         """Async :meth:`batch`: the padded ``generate`` calls run in a worker thread."""
         if not inputs:
             return []
+        if self.max_parallel > 1:  # all awaited at once (no thread per call): the scheduler batches them
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
         stop = kwargs.pop("stop", None)
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from langchain_localllm import ChatTemplateError, ContextWindowExceededError, MissingDependencyError, ModelNotFoundError
 from langchain_localllm._backends.transformers.batch import BatchPlan
 from langchain_localllm._backends.transformers.detokenize import IncrementalDetokenizer
-from langchain_localllm._backends.transformers.generate import _Observer, _Row, generation_config
+from langchain_localllm._backends.transformers.generate import Observer, Row, generation_config
 from langchain_localllm._backends.transformers.load import HFBundle
 from langchain_localllm._backends.transformers.prompt import render_prompt, row_budget
 from langchain_localllm._backends.transformers.settings import LoadSpec, Sampling
@@ -425,9 +425,9 @@ def drive(
     torch = pytest.importorskip("torch")
     n = len(answers)
     budgets = budgets or [100] * n
-    rows = [_Row(i, 3, budgets[i], tokenizer, stops) for i in range(n)]
+    rows = [Row(i, 3, budgets[i], tokenizer, stops) for i in range(n)]
     events: list[Any] = []
-    observer = _Observer(
+    observer = Observer(
         rows,
         frozenset({IM_END, ENDOFTEXT}),
         3,

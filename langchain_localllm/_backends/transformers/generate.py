@@ -1,6 +1,6 @@
 """The transformers token loop: one (left-padded) ``model.generate`` call for one or more prompts.
 
-A stopping criterion (:class:`_Observer`) sees every new token: it detokenizes
+A stopping criterion (:class:`Observer`) sees every new token: it detokenizes
 incrementally (:class:`~langchain_localllm._backends.transformers.detokenize.IncrementalDetokenizer`),
 cuts stop strings (:class:`~langchain_localllm._core.stop.StopBuffer`), ends rows on any EOS
 id, their token budget, a stop string, or cancellation, and emits
@@ -30,7 +30,7 @@ from langchain_localllm._core.imports import import_optional
 from langchain_localllm._core.output import FinishInfo, FinishReason, Piece
 from langchain_localllm._core.stop import StopBuffer
 
-__all__ = ["generate_rows", "generation_config", "use_static_cache"]
+__all__ = ["Observer", "Row", "generate_rows", "generation_config", "use_static_cache"]
 
 
 def generation_config(
@@ -129,10 +129,13 @@ def _attention_backends(device: Any) -> Iterator[None]:
         yield
 
 
-class _Row:
+class Row:
+    """One generation's decoding state: its detokenizer, stop buffer, budget and count."""
+
     __slots__ = ("budget", "detok", "done", "generated", "index", "prompt_tokens", "stops")
 
     def __init__(self, index: int, prompt_tokens: int, budget: int, tokenizer: Any, stops: Sequence[str]) -> None:
+        """Row ``index`` after a prompt of ``prompt_tokens``, allowed ``budget`` new tokens."""
         self.index = index
         self.prompt_tokens = prompt_tokens
         self.budget = budget
@@ -142,7 +145,7 @@ class _Row:
         self.done = False
 
 
-class _Observer:
+class Observer:
     """Stopping criterion that reads each step's new tokens and turns them into events.
 
     A duck-typed ``transformers.StoppingCriteria`` (so this module needs no
@@ -152,7 +155,7 @@ class _Observer:
 
     def __init__(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         eos_ids: frozenset[int],
         start: int | None,
         emit: Callable[[int, Piece], None],
@@ -175,7 +178,7 @@ class _Observer:
         self.offset = length
         for row, tokens in zip(self.rows, new, strict=True):
             if not row.done:
-                self._advance(row, tokens)
+                self.advance(row, tokens)
         cancelled = any(c.is_set() for c in self.cancels)
         done = tuple(cancelled or row.done for row in self.rows)
         # The mask changes only when a row finishes: reuse the device tensor, so most
@@ -184,7 +187,8 @@ class _Observer:
             self._done_mask = (done, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
         return self._done_mask[1]
 
-    def _advance(self, row: _Row, tokens: list[int]) -> None:
+    def advance(self, row: Row, tokens: list[int]) -> None:
+        """Push a row's new tokens: emit its text, finish it on EOS, a stop string or its budget."""
         for token in tokens:
             row.generated += 1
             if token in self.eos_ids:
@@ -201,7 +205,7 @@ class _Observer:
                 self.finish(row, "length")
                 return
 
-    def finish(self, row: _Row, reason: FinishReason, text: str = "") -> None:
+    def finish(self, row: Row, reason: FinishReason, text: str = "") -> None:
         row.done = True
         if not row.stops.stopped:
             text += row.stops.push(row.detok.flush())
@@ -244,10 +248,10 @@ def generate_rows(
     mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
     numbers = list(rows) if rows is not None else list(range(len(prompts)))
     states = [
-        _Row(number, len(prompt), budget, bundle.tokenizer, stops)
+        Row(number, len(prompt), budget, bundle.tokenizer, stops)
         for number, prompt, budget in zip(numbers, prompts, budgets, strict=True)
     ]
-    observer = _Observer(states, bundle.eos_ids, None if bundle.is_seq2seq else width, emit, cancels)
+    observer = Observer(states, bundle.eos_ids, None if bundle.is_seq2seq else width, emit, cancels)
     config, kwargs = generation_config(sampling, bundle, max(budgets), width)
     transformers = import_optional("transformers")
     criteria = transformers.StoppingCriteriaList([observer, *kwargs.pop("stopping_criteria", [])])

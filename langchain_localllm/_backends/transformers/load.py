@@ -49,6 +49,8 @@ class HFBundle:
     """The tokenizer's special tokens' texts (what user content must never turn into)."""
     generative: bool = True
     """False for an encoder without a language-model head (``BertModel``...): it embeds, it cannot generate."""
+    scheduler: Any = None
+    """With ``max_parallel > 1``: its ``scheduler.Scheduler``, made on first use under the model's lock."""
 
     @property
     def device(self) -> Any:
@@ -58,6 +60,9 @@ class HFBundle:
     def close(self) -> None:
         """Drop the model (called by the cache on eviction, after in-flight generations)."""
         on_cuda = self.owned and getattr(getattr(self.model, "device", None), "type", None) == "cuda"
+        if self.scheduler is not None:  # its worker fails its jobs and ends when it next wakes
+            self.scheduler.stop()
+            self.scheduler = None
         self.model = None
         self.tokenizer = None
         if self.owned:

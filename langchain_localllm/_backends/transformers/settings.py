@@ -126,8 +126,15 @@ class HFLoadFields(FieldGroup):
         return value
 
 
+MAX_PARALLEL = 256
+"""The most generations ``max_parallel`` lets share one model's decode steps."""
+
+
 class LoadSpec(HFLoadFields, Settings):
     """The load fields of one model instance, frozen."""
+
+    max_parallel: int = Field(default=1, ge=1, le=MAX_PARALLEL)
+    """The chat model's continuous-batching slot count (not part of the cache key: the weights are shared)."""
 
     def source(self) -> str:
         """The local directory (absolute) or the hub id to load from.
