@@ -11,6 +11,7 @@ from pathlib import Path
 
 from langchain_localllm._backends.llamacpp.scheduler import THREAD_NAME as SCHEDULER_THREAD
 from langchain_localllm._backends.transformers.device import THREAD_NAME as CUDA_WORKER_THREAD
+from langchain_localllm._backends.transformers.scheduler import THREAD_NAME as HF_SCHEDULER_THREAD
 
 __all__ = [
     "BAD",
@@ -40,7 +41,8 @@ def bridge_threads() -> list[threading.Thread]:
     The process-wide CUDA worker (``CUDA_WORKER_THREAD``) is not one: it is started on
     first use and lives for the rest of the process, so after a GPU test it is always there.
     Nor is a llama.cpp scheduler (``SCHEDULER_THREAD``): one per loaded model with
-    ``max_parallel > 1``, joined when the model is unloaded (see :func:`scheduler_threads`).
+    ``max_parallel > 1``, joined when the model is unloaded (see :func:`scheduler_threads`), nor a
+    transformers one (``HF_SCHEDULER_THREAD``), which ends soon after its model is unloaded.
     """
     return [
         t
@@ -48,6 +50,7 @@ def bridge_threads() -> list[threading.Thread]:
         if t.name.startswith("langchain-localllm")
         and not t.name.startswith(CUDA_WORKER_THREAD)
         and not t.name.startswith(SCHEDULER_THREAD)
+        and t.name != HF_SCHEDULER_THREAD
     ]
 
 
