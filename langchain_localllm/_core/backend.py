@@ -156,6 +156,10 @@ class Backend(Protocol[S]):
         """Tokens of ``text`` with the model's own tokenizer."""
         ...
 
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` with the model's own tokenizer."""
+        ...
+
     def render(self, prompt: Prompt) -> list[int]:
         """The prompt token ids the model would see."""
         ...
@@ -289,8 +293,12 @@ class BaseBackend(ABC, Generic[M, S]):
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` with the model's own tokenizer (loads the model)."""
+        return len(self.token_ids(text))
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` with the model's own tokenizer (loads the model)."""
         with self.hold() as model:
-            return len(self._tokenize(model, text))
+            return self._tokenize(model, text)
 
     def render(self, prompt: Prompt) -> list[int]:
         """The prompt token ids the model would see (loads the model)."""

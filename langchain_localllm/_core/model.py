@@ -152,6 +152,14 @@ class LocalModel(BackendOwner):
         """Count the tokens of ``text`` with the model's own tokenizer (loads the model)."""
         return self._backend().count_tokens(text)
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """The token ids of ``text`` with the model's own tokenizer (loads the model).
+
+        LangChain's default would load GPT-2's tokenizer from the Hugging Face hub, which
+        offline means minutes of retries and then the wrong ids.
+        """
+        return self._backend().token_ids(text)
+
     def _model_label(self, kwargs: dict[str, Any]) -> str:
         """The model name reported in metadata and LangSmith parameters."""
         del kwargs

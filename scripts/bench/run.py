@@ -196,7 +196,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
         ("14a", lambda: embed_cases.case_embed_gguf(gguf, 3 if quick else repeats)),
     ]
     try:
-        from scripts.bench import gpu, hf_cases
+        from scripts.bench import gpu, hf_batching, hf_cases
     except ImportError as e:
         print(f"(HF comparisons unavailable: {e})")
     else:
@@ -205,6 +205,7 @@ def run_cases(gguf: Path, hf: Path, repeats: int, *, quick: bool, only: set[str]
             ("6", lambda: hf_cases.case_batch(hf, repeats, quick=quick)),
         ]
         cases.append(("9b", lambda: hf_cases.case_grammar_cost(hf, repeats, quick=quick)))
+        cases.append(("11f", lambda: hf_batching.case_hf_batching(hf, repeats, quick=quick)))
         cases.append(("14b", lambda: embed_cases.case_embed_hf(hf, 3 if quick else repeats)))
         cases.append(("8", lambda: gpu.case_gpu(repeats, quick=quick)))
     out = []

@@ -49,14 +49,18 @@ def llm() -> LocalGGMLLLM:
     return LocalGGMLLLM(model_path=str(TINY_GGUF), temperature=0, max_tokens=64)
 
 
-def reference_count(chat_or_llm: Any, text: str) -> int:
+def reference_ids(chat_or_llm: Any, text: str) -> list[int]:
     """The backend's own tokenizer, loaded independently of the package."""
     if isinstance(chat_or_llm, HFLocalChatModel):
         transformers = pytest.importorskip("transformers")
-        return len(transformers.AutoTokenizer.from_pretrained(TINY_HF).encode(text, add_special_tokens=False))
+        return list(transformers.AutoTokenizer.from_pretrained(TINY_HF).encode(text, add_special_tokens=False))
     llama_cpp = pytest.importorskip("llama_cpp")
     vocab = llama_cpp.Llama(model_path=str(TINY_GGUF), vocab_only=True, verbose=False)
-    return len(vocab.tokenize(text.encode(), add_bos=False, special=True))
+    return list(vocab.tokenize(text.encode(), add_bos=False, special=True))
+
+
+def reference_count(chat_or_llm: Any, text: str) -> int:
+    return len(reference_ids(chat_or_llm, text))
 
 
 # -- metadata and counting -----------------------------------------------------------
@@ -75,6 +79,9 @@ def test_stop_sequence_is_reported_by_every_class(chat: BaseChatModel, llm: Loca
 def test_get_num_tokens_is_the_backend_tokenizers_count(chat: BaseChatModel, llm: LocalGGMLLLM, text: str) -> None:
     assert chat.get_num_tokens(text) == reference_count(chat, text)
     assert llm.get_num_tokens(text) == reference_count(llm, text)
+    # get_token_ids too: LangChain's default would fetch GPT-2's tokenizer from the hub.
+    assert chat.get_token_ids(text) == reference_ids(chat, text)
+    assert llm.get_token_ids(text) == reference_ids(llm, text)
 
 
 def test_get_num_tokens_from_messages_is_the_rendered_prompt(chat: BaseChatModel) -> None:
