@@ -214,6 +214,19 @@ def test_requests_the_step_loop_does_not_implement_run_alone_with_the_same_answe
 # -- cancellation -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def slow_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode steps take 20 ms more: the tiny model's answers must still be running mid-test."""
+    decode = Scheduler._decode
+
+    def slow(self: Scheduler, bundle: Any) -> None:
+        time.sleep(0.02)
+        decode(self, bundle)
+
+    monkeypatch.setattr(Scheduler, "_decode", slow)
+
+
+@pytest.mark.usefixtures("slow_steps")
 def test_breaking_a_stream_frees_its_row_and_leaves_the_others_unchanged() -> None:
     chat = _chat(max_tokens=256)
     chat.invoke(ROSE_Q)
@@ -294,6 +307,7 @@ def test_a_context_overflow_fails_only_its_request() -> None:
     assert results[2].content == chat_answer(POEM_Q)
 
 
+@pytest.mark.usefixtures("slow_steps")
 def test_unloading_fails_a_running_stream_clearly_and_ends_the_worker() -> None:
     chat = _chat(max_tokens=256)
     stream = chat.stream(POEM_Q)
@@ -321,3 +335,12 @@ def test_max_parallel_does_not_reload_the_weights() -> None:
     loads = model_cache_info().loads
     assert _chat().invoke(ROSE_Q).content == chat_answer(ROSE_Q)
     assert model_cache_info().loads == loads
+
+
+def test_the_default_max_parallel_makes_no_scheduler() -> None:
+    chat = HFLocalChatModel(model=str(TINY_HF), device="cpu", temperature=0)
+    assert [m.content for m in chat.batch([ROSE_Q, POEM_Q])] == [chat_answer(ROSE_Q), chat_answer(POEM_Q)]
+    assert chat.invoke(ROSE_Q).content == chat_answer(ROSE_Q)
+    with chat._backend().hold() as bundle:
+        assert bundle.scheduler is None
+    assert hf_scheduler_threads() == []

@@ -66,3 +66,45 @@ def test_merge_then_select_round_trips() -> None:
     assert torch.equal(back[2], old[2])
     for got, want in zip(back[0] + back[1], old[0] + old[1], strict=True):
         assert torch.equal(got, want)
+
+
+def test_rows_prefilled_alone_merged_and_reordered_decode_as_a_full_recompute() -> None:
+    """The scheduler's cache surgery on a real (random, tiny) Llama: the logits of each whole sequence."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    prompts = [[1, 5, 7, 9, 11], [2, 3], [4, 8, 12]]
+    following = [13, 14, 15]
+    batch = None
+    with torch.inference_mode():
+        for prompt in prompts:
+            cache = transformers.DynamicCache(config=config)
+            ids = torch.tensor([prompt])
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, cache=cache)
+            rows = ([la.keys for la in cache.layers], [la.values for la in cache.layers], torch.ones_like(ids))
+            batch = merge_rows(batch, rows)
+        order = [2, 0, 1]
+        batch = select_rows(batch, order)  # rows leave and are reordered: the bookkeeping follows
+        assert batch is not None
+        keys, values, mask = batch
+        cache = transformers.DynamicCache(ddp_cache_data=zip(keys, values, strict=True))
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+        out = model(
+            input_ids=torch.tensor([[following[i]] for i in order]),
+            attention_mask=mask,
+            position_ids=torch.tensor([[len(prompts[i])] for i in order]),
+            use_cache=True,
+            cache=cache,
+        )
+        for row, i in enumerate(order):
+            full = model(input_ids=torch.tensor([[*prompts[i], following[i]]])).logits[0, -1]
+            torch.testing.assert_close(out.logits[row, -1], full, atol=1e-4, rtol=1e-4)
