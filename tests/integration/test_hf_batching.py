@@ -344,3 +344,18 @@ def test_the_default_max_parallel_makes_no_scheduler() -> None:
     with chat._backend().hold() as bundle:
         assert bundle.scheduler is None
     assert hf_scheduler_threads() == []
+
+
+@pytest.mark.usefixtures("slow_steps")
+def test_an_event_loop_closed_under_a_running_astream_fails_nobody_else() -> None:
+    chat = _chat(max_tokens=256)
+    chat.invoke(ROSE_Q)
+    scheduler = _scheduler(chat)
+    jobs = _recorded(scheduler)
+    loop = asyncio.new_event_loop()
+    stream = chat.astream(POEM_Q).__aiter__()
+    loop.run_until_complete(stream.__anext__())
+    loop.close()  # abandoned without aclose(): the worker can no longer reach its consumer
+    assert chat.invoke(ROSE_Q).content == chat_answer(ROSE_Q)  # shares steps with the orphan
+    assert _wait(lambda: jobs[0].cancel.is_set() and jobs[0] not in scheduler._running)
+    del stream

@@ -155,37 +155,48 @@ class TransformersBackend(PushBackend[HFBundle, Sampling]):
             return
         try:
             while True:
-                item = items.get()
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, Piece)  # noqa: S101 - the scheduler sends pieces or errors
-                yield item
-                if item.finish is not None:
+                piece = _piece(items.get())
+                yield piece
+                if piece.finish is not None:
                     return
         finally:
             job.cancel.set()  # a closed or collected stream frees its row at the next step
 
+    async def _asubmit(
+        self, loop: asyncio.AbstractEventLoop, request: GenerateRequest[Sampling], sink: Callable[[object], None]
+    ) -> Job | None:
+        """:meth:`_submit` off the event loop (rendering, and the model's lock a step holds for milliseconds)."""
+        try:
+            return await loop.run_in_executor(None, self._submit, request, sink)
+        except LocalLLMError:
+            raise
+        except Exception as e:  # mapped at the boundary, the cause chained
+            raise self._map_error(e) from e
+
     async def _scheduled_apieces(self, request: GenerateRequest[Sampling]) -> AsyncGenerator[Piece, None]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
+        submitted: list[Job] = []
 
         def sink(item: object) -> None:
-            loop.call_soon_threadsafe(items.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody reads this job any more
+                for job in submitted:
+                    job.cancel.set()
 
-        # Rendering and the model's lock (held by a step for milliseconds) stay off the loop.
-        job = await loop.run_in_executor(None, self._submit, request, sink)
+        job = await self._asubmit(loop, request, sink)
+        if job is not None:
+            submitted.append(job)
         if job is None:
             async for piece in super().astream(request):
                 yield piece
             return
         try:
             while True:
-                item = await items.get()
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, Piece)  # noqa: S101
-                yield item
-                if item.finish is not None:
+                piece = _piece(await items.get())
+                yield piece
+                if piece.finish is not None:
                     return
         finally:
             job.cancel.set()  # a cancelled task or closed stream frees its row at the next step
@@ -268,3 +279,13 @@ class TransformersBackend(PushBackend[HFBundle, Sampling]):
                 "or load the model with a smaller dtype or quantization"
             )
         return GenerationError(f"transformers failed while {doing}: {type(error).__name__}: {error}")
+
+
+def _piece(item: object) -> Piece:
+    """What the scheduler sent a job: a piece, or the error to raise in the consumer."""
+    if isinstance(item, BaseException):
+        raise item
+    if not isinstance(item, Piece):
+        msg = f"the scheduler sent {type(item).__name__}, not a piece"
+        raise GenerationError(msg)
+    return item
